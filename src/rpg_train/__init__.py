@@ -1,0 +1,1 @@
+"""rpg-train: training networks built from Recurrent Parameter Generators."""

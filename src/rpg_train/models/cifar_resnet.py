@@ -1,0 +1,74 @@
+"""The CIFAR ResNets of He et al. (2016, section 4.2): 6n+2 layers, widths w-2w-4w (w=16).
+
+Shortcuts are option A by default (stride-2 subsampling plus zero-padded channels, parameter
+free), as in the paper, so ResNet-20 has 0.27 M parameters; option B uses 1x1 conv + BN.
+Stages are named layer1..layer3 like torchvision's, so RPG's stage and block scopes find them.
+"""
+from __future__ import annotations
+
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class _PadShortcut(nn.Module):
+    def __init__(self, stride: int, extra: int):
+        super().__init__()
+        self.stride, self.extra = stride, extra
+
+    def forward(self, x):
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, shortcut: str):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            if shortcut == "A":
+                self.downsample = _PadShortcut(stride, cout - cin)
+            else:
+                self.downsample = nn.Sequential(
+                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+                )
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + identity)
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, depth: int, num_classes: int = 10, in_chans: int = 3, width: int = 16,
+                 shortcut: str = "A"):
+        super().__init__()
+        if (depth - 2) % 6 != 0:
+            raise ValueError(f"depth={depth} is not 6n+2 (20, 32, 44, 56, 110, ...)")
+        if shortcut not in ("A", "B"):
+            raise ValueError(f"shortcut={shortcut!r} is not one of: A, B")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_chans, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        widths = [width, 2 * width, 4 * width]
+        cin = width
+        for i, w in enumerate(widths):
+            blocks = []
+            for b in range(n):
+                blocks.append(BasicBlock(cin, w, 2 if (b == 0 and i > 0) else 1, shortcut))
+                cin = w
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.fc = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.fc(x)

@@ -1,0 +1,70 @@
+"""Compact files: only trainable parameters and buffers plus the recipe that rebuilds every
+index table (safetensors, the recipe and a fingerprint of the tables in its JSON header)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch.nn as nn
+
+from .apply import apply_rpg, rings_of
+
+FORMAT = "rpg-compact/1"
+
+
+def tables_fingerprint(model: nn.Module) -> str:
+    """sha256 over every ring's size, table and scales: equal iff the tables are equal."""
+    h = hashlib.sha256()
+    for ring in rings_of(model):
+        h.update(json.dumps([ring.weight.numel(), ring.paths, ring.scales]).encode())
+        h.update(ring.index.cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_compact(model: nn.Module, path) -> None:
+    """Write `model` (built by `rpg_train.models.create_model`) as a compact file."""
+    from safetensors.torch import save_file
+
+    spec = getattr(model, "model_spec", None)
+    if spec is None:
+        raise ValueError("save_compact: the model has no model_spec; build it with "
+                         "rpg_train.models.create_model so the file can rebuild it")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "model": json.dumps(spec),
+            "rpg": json.dumps(getattr(model, "rpg_spec", None)),
+            "fingerprint": tables_fingerprint(model)}
+    save_file(tensors, str(path), metadata=meta)
+
+
+def load_compact(path, builder=None) -> nn.Module:
+    """Rebuild the model from the file's recipe, check the tables' fingerprint, load tensors.
+
+    `builder(**model_spec)` makes the plain backbone (default: rpg_train.models.create_model).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable compact RPG file ({err})") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a compact RPG file (format={meta.get('format')!r}, "
+                         f"expected {FORMAT!r})")
+    if builder is None:
+        from ..models import create_model as builder
+    model = builder(**json.loads(meta["model"]))
+    rpg = json.loads(meta["rpg"])
+    if rpg is not None:
+        apply_rpg(model, **rpg)
+    found = tables_fingerprint(model)
+    if found != meta["fingerprint"]:
+        raise ValueError(f"{path}: its recipe rebuilds different index tables (fingerprint "
+                         f"{found[:12]} != stored {meta['fingerprint'][:12]}); the file comes "
+                         "from another rpg_train version or was edited")
+    model.load_state_dict(tensors, strict=True)
+    return model

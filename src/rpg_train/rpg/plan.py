@@ -1,0 +1,147 @@
+"""The plan: which weights a model's rings generate, how rings are sized, and the index tables.
+
+Everything here is a pure function of the model's structure and a seed, drawn from a CPU
+`torch.Generator`, so every process and machine builds identical tables.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+SCOPES = ("network", "stage", "block", "layer", "none")
+SAMPLINGS = ("even", "ring", "iid")
+_GENERATED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One weight that a ring generates."""
+
+    path: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def fan_out(self) -> int:
+        # torch's fan_out: out channels times the kernel's receptive field (1 for Linear)
+        return self.numel // self.shape[1]
+
+
+def find_targets(model: nn.Module, share_stem: bool, share_head: bool) -> list[Target]:
+    """Conv and linear weights in module order; the stem (first conv) and the head (last
+    linear) are left out unless shared. Biases and norm layers are never generated."""
+    layers = [(p, m) for p, m in model.named_modules() if isinstance(m, _GENERATED_TYPES)
+              and isinstance(m._parameters.get("weight"), torch.Tensor)]
+    convs = [p for p, m in layers if not isinstance(m, nn.Linear)]
+    linears = [p for p, m in layers if isinstance(m, nn.Linear)]
+    skip = set()
+    if convs and not share_stem:
+        skip.add(convs[0])
+    if linears and not share_head:
+        skip.add(linears[-1])
+    return [Target(p, tuple(m.weight.shape)) for p, m in layers if p not in skip]
+
+
+def scope_key(path: str, scope: str) -> str:
+    """The ring a weight belongs to.
+
+    stage: the path up to a `layerN` component (torchvision, CIFAR and timm ResNets) or to
+    `stages.N` / `layers.N`; otherwise the model's top-level child. block: the stage plus the
+    next numeric component within the two after it (`layer1.0`, `stages.0.blocks.1`,
+    `blocks.3`); otherwise the stage itself.
+    """
+    if scope == "network":
+        return "network"
+    if scope == "layer":
+        return path
+    parts = path.split(".")
+    end = 1
+    for i, p in enumerate(parts):
+        if re.fullmatch(r"layer\d+", p):
+            end = i + 1
+            break
+        if p in ("stages", "layers") and i + 1 < len(parts) and parts[i + 1].isdigit():
+            end = i + 2
+            break
+    if scope == "block":
+        for j in range(end, min(end + 2, len(parts))):
+            if parts[j].isdigit():
+                return ".".join(parts[: j + 1])
+    return ".".join(parts[:end])
+
+
+def group_targets(targets: list[Target], scope: str) -> dict[str, list[Target]]:
+    """Targets grouped by ring, rings in order of first appearance."""
+    groups: dict[str, list[Target]] = {}
+    for t in targets:
+        groups.setdefault(scope_key(t.path, scope), []).append(t)
+    return groups
+
+
+def as_count(params) -> int:
+    """An int, or an integral float such as 1e5 (Hydra reads `1e5` as a float)."""
+    if isinstance(params, bool):
+        raise ValueError(f"params={params!r} is not an integer")
+    if isinstance(params, float) and params.is_integer():
+        return int(params)
+    if isinstance(params, int):
+        return params
+    raise ValueError(f"params={params!r} is not an integer (use e.g. 100000 or 1e5)")
+
+
+def split_params(total: int, sizes: dict[str, int], scope: str) -> dict[str, int]:
+    """Split `total` ring entries over rings in proportion to the weights each generates,
+    rounded by largest remainder so the sizes sum exactly to `total`."""
+    grand = sum(sizes.values())
+    base = {k: total * s // grand for k, s in sizes.items()}
+    rema = {k: total * s % grand for k, s in sizes.items()}
+    left = total - sum(base.values())
+    for k in sorted(sizes, key=lambda k: -rema[k])[:left]:  # sorted() is stable: ties by order
+        base[k] += 1
+    empty = [k for k, n in base.items() if n == 0]
+    if empty:
+        smallest = min(sizes.values())
+        need = -(-grand // smallest)
+        raise ValueError(f"params={total} leaves the {scope} ring {empty[0]!r} "
+                         f"({sizes[empty[0]]} weights) with 0 entries; scope={scope!r} needs "
+                         f"params >= {need} (or a coarser scope)")
+    return base
+
+
+def draw_index(sizes: list[int], n: int, sampling: str, sign: bool,
+               gen: torch.Generator) -> torch.Tensor:
+    """The forward table of one ring: for every generated weight (layers concatenated in
+    order) an index into `cat(ring, -ring)`, so entry j with a negative sign is `n + j`.
+
+    even: floor(T/n) copies of every entry plus `T mod n` entries once more, shuffled over
+    all positions. The extra entries are the first `T mod n`; since ring entries are drawn
+    i.i.d. that is the same distribution as a random subset. ring: sequential fetch around
+    the ring, each layer continuing where the previous stopped, positions permuted per layer.
+    iid: every weight draws its entry uniformly with replacement (HashedNet).
+    """
+    total = sum(sizes)
+    if sampling == "even":
+        q, r = divmod(total, n)
+        pool = torch.cat([torch.arange(n, dtype=torch.int32).repeat(q),
+                          torch.arange(r, dtype=torch.int32)])
+        index = pool[torch.randperm(total, generator=gen)]
+    elif sampling == "ring":
+        pieces, start = [], 0
+        for m in sizes:
+            pieces.append(((start + torch.randperm(m, generator=gen)) % n).to(torch.int32))
+            start += m
+        index = torch.cat(pieces)
+    else:
+        index = torch.randint(n, (total,), generator=gen, dtype=torch.int32)
+    if sign:
+        index += n * torch.randint(2, (total,), generator=gen, dtype=torch.int32)
+    return index

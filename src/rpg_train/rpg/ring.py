@@ -1,0 +1,179 @@
+"""A ring: the trainable vector that generates a group of layers' weights, and the swap
+that makes those layers read their `weight` from it.
+
+Forward: one gather from `cat(ring, -ring)` through an int32 table (4 bytes per generated
+weight), then each layer's slice is multiplied by its constant scale in place.
+Backward, deterministic by construction: on the CPU `index_add_` runs serially; on other
+devices (where it would use atomics) a padded inverse table, built once from the forward
+table by a stable sort, turns the scatter-add into a gather plus a fixed-order sum.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+
+def inverse_table(index: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, K) table: row j lists the positions entry j feeds, coded `pos` (+) or
+    `T + pos` (-), padded with `2T`, which points at a zero."""
+    total = index.numel()
+    entry = index % n
+    code = torch.arange(total, device=index.device) + total * (index >= n).long()
+    counts = torch.bincount(entry, minlength=n)
+    order = torch.sort(entry, stable=True).indices
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(total, device=index.device) - starts[entry[order]]
+    table = torch.full((n, int(counts.max())), 2 * total, dtype=torch.long, device=index.device)
+    table[entry[order], rank] = code[order]
+    return table.to(index.dtype) if 2 * total < 2**31 else table
+
+
+class _Generate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ring, owner):
+        flat = torch.cat([ring, -ring]).index_select(0, owner.index)
+        for seg, scale in zip(flat.split(owner.sizes), owner.scales):
+            seg.mul_(scale)
+        ctx.owner = owner
+        return flat
+
+    @staticmethod
+    def backward(ctx, grad):
+        owner = ctx.owner
+        n = owner.weight.numel()
+        if grad.device.type == "cpu":
+            acc = grad.new_zeros(2 * n)
+            off = 0
+            for size, scale in zip(owner.sizes, owner.scales):
+                acc.index_add_(0, owner.index[off:off + size], grad[off:off + size], alpha=scale)
+                off += size
+            return acc[:n] - acc[n:], None
+        scaled = torch.cat([g * s for g, s in zip(grad.split(owner.sizes), owner.scales)])
+        ext = torch.cat([scaled, -scaled, scaled.new_zeros(1)])
+        table = owner.inverse()
+        return ext.index_select(0, table.view(-1)).view(table.shape).sum(1), None
+
+
+class Ring(nn.Module):
+    """One ring of `size` entries generating the layers `paths` (weights of `shapes`)."""
+
+    def __init__(self, size: int, index: torch.Tensor, paths: list[str],
+                 shapes: list[tuple[int, ...]], fan_outs: list[int], device=None, dtype=None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(size, device=device, dtype=dtype))
+        # plain attributes, not buffers: nothing to checkpoint (rebuilt from the seed) and
+        # nothing for DDP to broadcast every step; `_apply` moves them with the module
+        self.index = index.to(device)
+        self._inverse = None
+        self.paths, self.shapes = list(paths), [tuple(s) for s in shapes]
+        self.sizes = [math.prod(s) for s in self.shapes]
+        self.fan_ref = max(fan_outs)
+        # each layer starts at its own Kaiming fan-out std; see RPG.md, "Scale"
+        self.scales = [math.sqrt(self.fan_ref / f) for f in fan_outs]
+        self._cache, self._cache_key = None, None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.weight.normal_(0.0, math.sqrt(2.0 / self.fan_ref))
+
+    @property
+    def generated(self) -> int:
+        return self.index.numel()
+
+    def table_bytes(self) -> int:
+        """Memory the generator keeps besides the ring itself."""
+        extra = 0 if self._inverse is None else self._inverse.numel() * self._inverse.element_size()
+        return self.index.numel() * self.index.element_size() + extra
+
+    def inverse(self) -> torch.Tensor:
+        if self._inverse is None or self._inverse.device != self.index.device:
+            self._inverse = inverse_table(self.index, self.weight.numel())
+        return self._inverse
+
+    def invalidate(self) -> None:
+        self._cache = None
+
+    def weights(self) -> list[torch.Tensor]:
+        """The generated weights, one per layer; reused while the ring is unchanged."""
+        w = self.weight
+        key = (w._version, w.data_ptr(), w.dtype, w.device, torch.is_grad_enabled())
+        if self._cache is None or self._cache_key != key:
+            flat = _Generate.apply(w, self)
+            self._cache = [s.view(shape) for s, shape in zip(flat.split(self.sizes), self.shapes)]
+            self._cache_key = key
+        return self._cache
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.index = fn(self.index)
+        self._inverse = None
+        self._cache = None
+        return self
+
+    def __getstate__(self):
+        # the cache may hold autograd graph nodes, which deepcopy and pickle refuse
+        state = self.__dict__.copy()
+        state["_cache"], state["_inverse"] = None, None
+        return state
+
+    def extra_repr(self) -> str:
+        return f"size={self.weight.numel()}, generated={self.generated}, layers={len(self.paths)}"
+
+
+_GENERATED_CLASSES: dict[type, type] = {}
+
+
+def _generated_weight(module):
+    ring, position = module.__dict__["_rpg_source"]
+    return ring.weights()[position]
+
+
+def make_generated(module: nn.Module, ring: Ring, position: int) -> None:
+    """Turn `module.weight` into a read-only view of `ring`'s generated weight.
+
+    The module's class is swapped for a subclass whose `weight` is a property (the trick
+    torch.nn.utils.parametrize uses), so the original Parameter is gone from `parameters()`
+    and `state_dict()`. The ring is referenced from a plain tuple, not registered as a
+    submodule, so it is counted once; `copy.deepcopy` keeps the reference pointing at the
+    copy's ring.
+    """
+    base = type(module)
+    cls = _GENERATED_CLASSES.get(base)
+    if cls is None:
+        cls = type(f"Generated{base.__name__}", (base,), {"weight": property(_generated_weight)})
+        _GENERATED_CLASSES[base] = cls
+    del module._parameters["weight"]
+    module.__dict__["_rpg_source"] = (ring, position)
+    module.__class__ = cls
+
+
+def is_generated(module: nn.Module) -> bool:
+    return "_rpg_source" in module.__dict__
+
+
+def make_plain(module: nn.Module) -> None:
+    """Undo `make_generated`: the weight becomes an ordinary Parameter again (same key
+    order in state_dict as the original layer: weight first)."""
+    weight = nn.Parameter(_generated_weight(module).detach().clone())
+    module.__class__ = module.__class__.__bases__[0]
+    del module.__dict__["_rpg_source"]
+    rest = dict(module._parameters)
+    module._parameters.clear()
+    module._parameters["weight"] = weight
+    module._parameters.update(rest)
+
+
+class NewForwardHook:
+    """Forward pre-hook on the root model: with autograd on, every forward needs its own
+    graph from the rings, so drop the cached weights; without it the cache stays valid."""
+
+    def __init__(self, rings: nn.ModuleDict):
+        self.rings = rings
+
+    def __call__(self, module, args):
+        if torch.is_grad_enabled():
+            for ring in self.rings.values():
+                ring.invalidate()

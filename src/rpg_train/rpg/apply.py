@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from .plan import SAMPLINGS, SCOPES, as_count, draw_index, find_targets, group_targets, split_params
-from .ring import NewForwardHook, Ring, is_generated, make_generated, make_plain
+from .ring import NewForwardHook, Ring, RingBank, is_generated, make_generated, make_plain
 
 RINGS_ATTR = "rpg_rings"
 
@@ -45,7 +45,7 @@ def apply_rpg(model: nn.Module, scope: str, params, seed: int = 0, sampling: str
                               scope)
     modules = dict(model.named_modules())
     gen = torch.Generator().manual_seed(seed)
-    rings = nn.ModuleDict()
+    rings = RingBank()
     for key, group in groups.items():
         first = modules[group[0].path].weight
         index = draw_index([t.numel for t in group], ring_sizes[key], sampling, sign, gen)

@@ -30,6 +30,26 @@ def inverse_table(index: torch.Tensor, n: int) -> torch.Tensor:
     return table.to(index.dtype) if 2 * total < 2**31 else table
 
 
+def ring_grad_serial(owner: "Ring", grad: torch.Tensor) -> torch.Tensor:
+    """The ring's gradient by scatter-add (CPU: `index_add_` runs serially, so it is exact
+    and deterministic, and the small ring stays in cache)."""
+    n = owner.weight.numel()
+    acc = grad.new_zeros(2 * n)
+    off = 0
+    for size, scale in zip(owner.sizes, owner.scales):
+        acc.index_add_(0, owner.index[off:off + size], grad[off:off + size], alpha=scale)
+        off += size
+    return acc[:n] - acc[n:]
+
+
+def ring_grad_inverse(owner: "Ring", grad: torch.Tensor) -> torch.Tensor:
+    """The ring's gradient by gather and fixed-order sum: deterministic without atomics."""
+    scaled = torch.cat([g * s for g, s in zip(grad.split(owner.sizes), owner.scales)])
+    ext = torch.cat([scaled, -scaled, scaled.new_zeros(1)])
+    table = owner.inverse()
+    return ext.index_select(0, table.view(-1)).view(table.shape).sum(1)
+
+
 class _Generate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ring, owner):
@@ -41,19 +61,10 @@ class _Generate(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        owner = ctx.owner
-        n = owner.weight.numel()
+        grad = grad.contiguous()
         if grad.device.type == "cpu":
-            acc = grad.new_zeros(2 * n)
-            off = 0
-            for size, scale in zip(owner.sizes, owner.scales):
-                acc.index_add_(0, owner.index[off:off + size], grad[off:off + size], alpha=scale)
-                off += size
-            return acc[:n] - acc[n:], None
-        scaled = torch.cat([g * s for g, s in zip(grad.split(owner.sizes), owner.scales)])
-        ext = torch.cat([scaled, -scaled, scaled.new_zeros(1)])
-        table = owner.inverse()
-        return ext.index_select(0, table.view(-1)).view(table.shape).sum(1), None
+            return ring_grad_serial(ctx.owner, grad), None
+        return ring_grad_inverse(ctx.owner, grad), None
 
 
 class Ring(nn.Module):
@@ -164,6 +175,14 @@ def make_plain(module: nn.Module) -> None:
     module._parameters.clear()
     module._parameters["weight"] = weight
     module._parameters.update(rest)
+
+
+class RingBank(nn.ModuleDict):
+    """The model's rings, registered as one child module `rpg_rings`. Its forward passes its
+    input through, so a root `nn.Sequential`, which calls every child, is unaffected."""
+
+    def forward(self, x):
+        return x
 
 
 class NewForwardHook:

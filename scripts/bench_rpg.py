@@ -1,0 +1,107 @@
+"""Benchmark of the RPG core against the plain backbone. One JSON line per case.
+
+    python scripts/bench_rpg.py [--steps 7] [--batch 128] [--device cpu|cuda|all]
+
+train_step_ratio / eval_ratio: median step time of the RPG model over the plain one, the two
+interleaved step by step so drift hits both alike. table_bytes_per_generated_weight: all the
+generator keeps besides the rings (index and inverse tables) over the generated weights.
+plan_seconds: apply_rpg on resnet50 (tables drawn, rings built).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from rpg_train.models import create_model
+from rpg_train.rpg import apply_rpg, param_report, rings_of
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device):
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def bench_steps(device, steps, batch, params):
+    torch.manual_seed(0)
+    plain = create_model("resnet18", 10, small_input=True).to(device)
+    rpg = apply_rpg(create_model("resnet18", 10, small_input=True), "network", params).to(device)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(10, (batch,), device=device)
+    opts = {id(m): torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in (plain, rpg)}
+
+    def train(model):
+        def step():
+            opt = opts[id(model)]
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        return step
+
+    def infer(model):
+        def step():
+            with torch.no_grad():
+                model(x)
+        return step
+
+    out = {}
+    for mode, make in (("train_step", train), ("eval", infer)):
+        for m in (plain, rpg):
+            m.train(mode == "train_step")
+        times = {"plain": [], "rpg": []}
+        for i in range(steps + 2):  # two warm-up steps each
+            for name, m in (("plain", plain), ("rpg", rpg)):
+                t = _timed(make(m), device)
+                if i >= 2:
+                    times[name].append(t)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        out[f"{mode}_plain_s"] = round(med["plain"], 4)
+        out[f"{mode}_rpg_s"] = round(med["rpg"], 4)
+        out[f"{mode}_ratio"] = round(med["rpg"] / med["plain"], 4)
+    rep = param_report(rpg)
+    table = sum(r.table_bytes() for r in rings_of(rpg))
+    out["table_bytes_per_generated_weight"] = round(table / rep["generated"], 4)
+    return out
+
+
+def bench_plan(device):
+    model = create_model("resnet50", 1000).to(device)
+    start = time.perf_counter()
+    apply_rpg(model, "network", 10**5)
+    return round(time.perf_counter() - start, 3)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=7)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--params", type=float, default=1e5)
+    ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
+    args = ap.parse_args()
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    for name in devices:
+        if name == "cuda" and not torch.cuda.is_available():
+            continue
+        device = torch.device(name)
+        row = dict(case="resnet18-cifar-stem-32px", device=name, batch=args.batch,
+                   params=int(args.params), threads=torch.get_num_threads(),
+                   torch=torch.__version__)
+        row.update(bench_steps(device, args.steps, args.batch, int(args.params)))
+        row["plan_seconds_resnet50"] = bench_plan(device)
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Compact files and every bad input of the RPG core."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from rpg_train.models import available, create_model
+from rpg_train.rpg import apply_rpg, load_compact, param_report, save_compact
+
+
+def _trained(name="resnet20", **kw):
+    torch.manual_seed(0)
+    model = apply_rpg(create_model(name, 10), **{"scope": "block", "params": 5000, **kw})
+    model(torch.randn(4, 3, 16, 16)).sum().backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * p.grad)
+    return model.eval()
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(sampling="iid", sign=False, seed=5),
+                                dict(scope="network", share_stem=True, share_head=True)])
+def test_compact_round_trip_is_bit_exact_and_small(tmp_path, kw):
+    model = _trained(**kw)
+    path = tmp_path / "m.safetensors"
+    save_compact(model, path)
+    loaded = load_compact(path).eval()
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    buffers = sum(b.numel() for b in model.buffers())
+    limit = 4 * param_report(model)["trainable"] + 4 * buffers + 64 * 1024
+    assert path.stat().st_size <= limit
+    assert loaded.rpg_spec == model.rpg_spec
+
+
+def test_compact_resnet18_stays_within_size_bound(tmp_path):
+    model = apply_rpg(create_model("resnet18", 1000), "network", 10**5)
+    path = tmp_path / "r18.safetensors"
+    save_compact(model, path)
+    rep = param_report(model)
+    buffers = sum(b.numel() for b in model.buffers())
+    assert path.stat().st_size <= 4 * rep["trainable"] + 4 * buffers + 64 * 1024
+
+
+def test_compact_refuses_truncated_foreign_and_mismatched_files(tmp_path):
+    model = _trained()
+    good = tmp_path / "good.safetensors"
+    save_compact(model, good)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ValueError, match="truncated.safetensors: not a readable compact"):
+        load_compact(truncated)
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ValueError, match="garbage.bin: not a readable compact"):
+        load_compact(garbage)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"x": torch.zeros(2)}, str(foreign))
+    with pytest.raises(ValueError, match="not a compact RPG file"):
+        load_compact(foreign)
+    # same tensors, recipe edited to another seed: tables differ from the fingerprint
+    with safe_open(str(good), "pt") as f:
+        meta = f.metadata()
+    rpg = json.loads(meta["rpg"])
+    rpg["seed"] += 1
+    edited = tmp_path / "edited.safetensors"
+    save_file(load_file(str(good)), str(edited), metadata={**meta, "rpg": json.dumps(rpg)})
+    with pytest.raises(ValueError, match="rebuilds different index tables"):
+        load_compact(edited)
+
+
+def test_save_compact_needs_a_registry_model(tmp_path):
+    model = apply_rpg(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3)), "network", 10)
+    with pytest.raises(ValueError, match="create_model"):
+        save_compact(model, tmp_path / "x.safetensors")
+
+
+def _r20():
+    return create_model("resnet20", 10)
+
+
+GENERATED_R20 = sum(p.numel() for n, p in _r20().named_parameters()
+                    if n.endswith("weight") and p.dim() == 4) - 3 * 16 * 9
+
+
+@pytest.mark.parametrize("params,match", [
+    (0, r"params=0 is out of range: scope='network' generates \d+ weights, so params must be in \[1, \d+\]"),
+    (-5, r"params=-5 is out of range"),
+    (1.5, r"params=1.5 is not an integer"),
+    ("abc", r"params='abc' is not an integer"),
+    (True, r"params=True is not an integer"),
+    (GENERATED_R20, rf"params={GENERATED_R20} is out of range.*\[1, {GENERATED_R20 - 1}\]"),
+])
+def test_bad_params(params, match):
+    with pytest.raises(ValueError, match=match):
+        apply_rpg(_r20(), "network", params)
+
+
+def test_integral_float_params_are_accepted():
+    assert param_report(apply_rpg(_r20(), "network", 1e4))["ring"] == 10_000
+
+
+def test_local_ring_with_zero_entries():
+    with pytest.raises(ValueError, match=r"params=3 leaves the layer ring .* with 0 entries; "
+                                         r"scope='layer' needs params >= \d+"):
+        apply_rpg(_r20(), "layer", 3)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(scope="global", params=10), r"scope='global' is not valid; choose one of: network, stage, block, layer, none"),
+    (dict(scope="network", params=10, sampling="hash"), r"sampling='hash' is not valid; choose one of: even, ring, iid"),
+])
+def test_unknown_scope_and_sampling(kw, match):
+    with pytest.raises(ValueError, match=match):
+        apply_rpg(_r20(), **kw)
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ValueError, match="model='resnet19' is not a known model; choose one of: "
+                                         + ", ".join(available())):
+        create_model("resnet19", 10)
+    with pytest.raises(ValueError, match="model='timm:no_such_net'"):
+        create_model("timm:no_such_net", 10)
+
+
+def test_nothing_to_generate_and_twice():
+    with pytest.raises(ValueError, match="has no conv or linear weight to generate"):
+        apply_rpg(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), "network", 5)
+    model = apply_rpg(_r20(), "network", 100)
+    with pytest.raises(ValueError, match="already has RPG rings"):
+        apply_rpg(model, "network", 100)
+
+
+def test_scope_none_returns_the_model_untouched():
+    model = _r20()
+    before = param_report(model)
+    assert apply_rpg(model, "none", 123) is model and param_report(model) == before

@@ -1,0 +1,165 @@
+"""Generated layers: init, gradients, caching, counts, materialize."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+from rpg_train.models import create_model
+from rpg_train.rpg import apply_rpg, materialize, param_report, rings_of
+from rpg_train.rpg.ring import ring_grad_inverse, ring_grad_serial
+
+
+def test_initial_std_matches_kaiming_fan_out_per_layer():
+    torch.manual_seed(0)
+    model = apply_rpg(create_model("resnet18", 1000), "network", 10**5)
+    ring = rings_of(model)[0]
+    modules = dict(model.named_modules())
+    for path in ring.paths:
+        w = modules[path].weight
+        fan_out = w.shape[0] * w[0, 0].numel()
+        assert w.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.10), path
+
+
+def _tiny():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.ReLU(),
+                         nn.Conv2d(4, 6, 3, padding=1, bias=False), nn.ReLU(),
+                         nn.Conv2d(6, 5, 1, bias=True), nn.Flatten(), nn.Linear(5 * 16, 3))
+
+
+@pytest.mark.parametrize("sampling", ["even", "ring", "iid"])
+def test_ring_gradient_equals_dense_reference(sampling):
+    model = apply_rpg(_tiny(), "network", 37, sampling=sampling, share_stem=True,
+                      share_head=True)
+    ring = rings_of(model)[0]
+    n, total = ring.weight.numel(), ring.generated
+    # the dense R: generated = R @ ring, one signed scaled entry per row
+    scales = torch.cat([torch.full((s,), c) for s, c in zip(ring.sizes, ring.scales)])
+    R = torch.zeros(total, n)
+    R[torch.arange(total), (ring.index % n).long()] = torch.where(ring.index >= n, -1.0, 1.0) * scales
+    x = torch.randn(4, 2, 4, 4)
+    model(x).square().sum().backward()
+    dense = [torch.nn.Parameter(w) for w in (R @ ring.weight.detach()).split(ring.sizes)]
+    plain = materialize(model)
+    mods = [m for m in plain.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for m, w in zip(mods, dense):
+        m.weight = nn.Parameter(w.detach().view_as(m.weight).clone())
+    plain(x).square().sum().backward()
+    g = torch.cat([m.weight.grad.flatten() for m in mods])
+    torch.testing.assert_close(ring.weight.grad, R.T @ g, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ring_grad_inverse(ring, g), R.T @ g, rtol=1e-5, atol=1e-5)
+
+
+def test_backward_is_bitwise_deterministic():
+    model = apply_rpg(create_model("resnet20", 10), "network", 3000)
+    x = torch.randn(8, 3, 16, 16)
+    grads = []
+    for _ in range(2):
+        model.zero_grad()
+        model(x).sum().backward()
+        grads.append(rings_of(model)[0].weight.grad.clone())
+    assert torch.equal(grads[0], grads[1])
+    g = torch.randn(rings_of(model)[0].generated)
+    assert torch.equal(ring_grad_serial(rings_of(model)[0], g),
+                       ring_grad_serial(rings_of(model)[0], g))
+
+
+def test_eval_reuses_weights_until_the_ring_changes():
+    model = apply_rpg(create_model("resnet20", 10), "network", 3000).eval()
+    with torch.no_grad():
+        first = model.layer1[0].conv1.weight
+        model(torch.randn(2, 3, 8, 8))
+        assert model.layer1[0].conv1.weight is first
+        rings_of(model)[0].weight.add_(1.0)
+        assert model.layer1[0].conv1.weight is not first
+
+
+def test_generated_weights_are_not_parameters_or_state():
+    model = apply_rpg(create_model("resnet18", 10), "block", 5000)
+    names = dict(model.named_parameters())
+    assert "layer1.0.conv1.weight" not in names and "layer1.0.conv1.weight" not in model.state_dict()
+    assert {k for k in names if k.startswith("rpg_rings.")} == {
+        f"rpg_rings.layer{i}_{j}.weight" for i in range(1, 5) for j in range(2)}
+
+
+@pytest.mark.parametrize("name,dense", [("resnet18", 11_689_512), ("resnet34", 21_797_672),
+                                        ("resnet50", 25_557_032)])
+def test_param_report_dense_and_rpg(name, dense):
+    plain = param_report(create_model(name, 1000))
+    assert plain == dict(ring=0, unshared=dense, trainable=dense, generated=0, dense=dense,
+                         compression=1.0)
+    model = apply_rpg(create_model(name, 1000), "stage", 10**5)
+    rep = param_report(model)
+    assert rep["ring"] == 10**5 and rep["dense"] == dense
+    assert rep["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert rep["trainable"] == rep["ring"] + rep["unshared"]
+    assert rep["generated"] == dense - rep["unshared"]
+    assert rep["compression"] == pytest.approx(dense / rep["trainable"])
+
+
+@pytest.mark.parametrize("kw", [dict(scope="network"), dict(scope="block", sampling="ring"),
+                                dict(scope="layer", share_stem=True, share_head=True)])
+def test_materialize_matches_outputs_and_torchvision_keys(kw):
+    model = apply_rpg(create_model("resnet18", 10), params=20000, **kw)
+    model(torch.randn(4, 3, 32, 32)).sum().backward()  # BN stats move, caches hold graphs
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    plain = materialize(model)
+    with torch.no_grad():
+        assert (plain(x) - model(x)).abs().max().item() <= 1e-5
+    reference = torchvision.models.resnet18(num_classes=10)
+    reference.load_state_dict(plain.state_dict(), strict=True)
+    assert list(plain.state_dict()) == list(reference.state_dict())
+    assert all(type(m).__module__.startswith("torch") for m in plain.modules()
+               if isinstance(m, nn.Conv2d))
+
+
+def test_deepcopy_after_training_forward_keeps_rings_separate():
+    model = apply_rpg(create_model("resnet20", 10), "network", 3000)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        rings_of(twin)[0].weight.zero_()
+    assert twin.layer1[0].conv1.weight.abs().sum() == 0
+    assert model.layer1[0].conv1.weight.abs().sum() > 0
+
+
+def test_autocast_and_channels_last_run_with_float32_ring():
+    model = apply_rpg(create_model("resnet20", 10), "network", 3000)
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 16, 16).to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.bfloat16
+    F.cross_entropy(out.float(), torch.tensor([0, 1, 2, 3])).backward()
+    ring = rings_of(model)[0]
+    assert ring.weight.dtype == torch.float32 and ring.weight.grad.abs().sum() > 0
+
+
+def test_ddp_single_process_trains_the_ring(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        model = apply_rpg(create_model("resnet20", 10), "network", 3000)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        ddp(torch.randn(2, 3, 8, 8)).sum().backward()
+        assert rings_of(model)[0].weight.grad.abs().sum() > 0
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_torch_compile_runs():
+    model = apply_rpg(create_model("resnet20", 10), "network", 3000)
+    compiled = torch.compile(model)
+    x = torch.randn(2, 3, 8, 8)
+    compiled(x).sum().backward()
+    assert rings_of(model)[0].weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))

@@ -268,3 +268,18 @@ def test_len_and_num_samples_single_process(cifar_root):
     assert len(train) == 3 and train.num_samples == 96 and len(list(train)) == 3
     assert len(val) == 4 and val.num_samples == 20
     assert [len(b[1]) for b in val] == [6, 6, 6, 2]
+
+
+def test_start_batch_resumes_mid_epoch_with_the_same_batches(cifar_root, tmp_path):
+    cfg = make_cfg("cifar10", cifar_root, batch_size=4, augment=True)
+    train, _ = build_loaders(cfg, "cpu", seed=3)
+    train.set_epoch(1)
+    full = list(train)
+    train.set_epoch(1, start_batch=2)
+    assert same(list(train), full[2:])
+    fx.write_imagenet(tmp_path, ["a", "b"], 3)
+    inet, _ = build_loaders(make_cfg("imagenet", tmp_path, batch_size=2, augment=True), "cpu", seed=1)
+    inet.set_epoch(0)
+    whole = list(inet)
+    inet.set_epoch(0, start_batch=1)
+    assert same(list(inet), whole[1:])

@@ -163,3 +163,14 @@ def test_torch_compile_runs():
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x))
+
+
+def test_torch_save_of_the_whole_model_round_trips(tmp_path):
+    model = apply_rpg(create_model("resnet20", 10), "block", 3000)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    torch.save(model, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
+    assert rings_of(loaded)[0].weight is not rings_of(model)[0].weight

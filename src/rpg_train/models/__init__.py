@@ -5,6 +5,8 @@ rebuild the same backbone from its recipe.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch.nn as nn
 import torchvision
 
@@ -17,6 +19,14 @@ _CIFAR = {"resnet20": 20, "resnet32": 32, "resnet56": 56}
 def available() -> list[str]:
     """Model names `create_model` accepts; `timm:<name>` takes any timm model name."""
     return [*_TORCHVISION, *_CIFAR, "timm:<name>"]
+
+
+def is_available(name: str) -> bool:
+    if name.startswith("timm:"):
+        import timm
+
+        return timm.is_model(name[5:])
+    return name in _TORCHVISION or name in _CIFAR
 
 
 def _torchvision_resnet(name, num_classes, in_chans, small_input, **kw):
@@ -33,6 +43,10 @@ def _torchvision_resnet(name, num_classes, in_chans, small_input, **kw):
 
 def _timm_model(name, num_classes, in_chans, small_input, **kw):
     import timm
+
+    if small_input:  # no generic way to swap the stem of an arbitrary timm model
+        warnings.warn(f"model 'timm:{name}' keeps its own stem; small_input=True is ignored",
+                      stacklevel=3)
 
     try:
         return timm.create_model(name, pretrained=False, num_classes=num_classes,

@@ -142,6 +142,23 @@ def _generated_weight(module):
     return ring.weights()[position]
 
 
+def generated_class(base: type) -> type:
+    """The subclass of `base` whose `weight` is generated (one per base class)."""
+    cls = _GENERATED_CLASSES.get(base)
+    if cls is None:
+        cls = type(f"Generated{base.__name__}", (base,), {
+            "weight": property(_generated_weight),
+            # a class made at run time cannot be pickled by name: rebuild it from its base
+            "__reduce_ex__": lambda self, protocol: (_new_generated, (base,), self.__dict__)})
+        _GENERATED_CLASSES[base] = cls
+    return cls
+
+
+def _new_generated(base: type):
+    cls = generated_class(base)
+    return cls.__new__(cls)
+
+
 def make_generated(module: nn.Module, ring: Ring, position: int) -> None:
     """Turn `module.weight` into a read-only view of `ring`'s generated weight.
 
@@ -151,11 +168,7 @@ def make_generated(module: nn.Module, ring: Ring, position: int) -> None:
     submodule, so it is counted once; `copy.deepcopy` keeps the reference pointing at the
     copy's ring.
     """
-    base = type(module)
-    cls = _GENERATED_CLASSES.get(base)
-    if cls is None:
-        cls = type(f"Generated{base.__name__}", (base,), {"weight": property(_generated_weight)})
-        _GENERATED_CLASSES[base] = cls
+    cls = generated_class(type(module))
     del module._parameters["weight"]
     module.__dict__["_rpg_source"] = (ring, position)
     module.__class__ = cls

@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make train` (install, default run) and `make test`.
+PYTHON ?= python3
+DATA ?= /data/imagenet
+GPUS ?= 1
+ARGS ?=
+TORCHRUN = $(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS)
+
+.PHONY: install data train test test-all bench imagenet-r18 imagenet-r34 sweep-fmnist clean
+
+install:
+	$(PYTHON) -m pip install -q -e ".[test]"
+
+# Fashion-MNIST from Debian's package where we can; otherwise torchvision downloads it
+data:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null \
+	    && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+train: install data
+	$(PYTHON) -m rpg_train $(ARGS)
+
+test: install
+	$(PYTHON) -m pytest -q
+
+test-all: install
+	$(PYTHON) -m pytest -q -m "slow or not slow"
+
+bench: install
+	$(PYTHON) scripts/bench_rpg.py
+
+# Paper rows on ImageNet: `make imagenet-r34 DATA=/data/imagenet GPUS=8`. The batch of 256 is
+# split over the GPUs; a fixed run directory lets a rerun resume after preemption.
+imagenet-r18 imagenet-r34: install
+	$(TORCHRUN) -m rpg_train experiment=$(subst -,_,$(subst imagenet-,imagenet_,$@)) \
+	  data.root=$(DATA) data.batch_size=$$((256 / $(GPUS))) trainer.resume=auto \
+	  hydra.run.dir=runs/$@ $(ARGS)
+
+# accuracy against ring size on Fashion-MNIST, one W&B group (offline without credentials)
+sweep-fmnist: install data
+	$(PYTHON) -m rpg_train -m rpg.params=2500,5000,10000,25000,50000 logger=wandb $(ARGS)
+
+clean:
+	rm -rf outputs multirun runs wandb

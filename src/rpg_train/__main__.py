@@ -1,0 +1,45 @@
+"""`python -m rpg_train [overrides]`: compose the config, train, exit with a status."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, open_dict
+
+from .config import register
+
+register()
+log = logging.getLogger("rpg_train")
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF, config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from omegaconf.errors import MissingMandatoryValue
+
+    from .config import ConfigError
+    from .engine import Interrupted, train
+
+    hc = HydraConfig.get()
+    with open_dict(cfg):
+        cfg.out_dir = hc.runtime.output_dir
+        if hc.mode == RunMode.MULTIRUN and cfg.logger.group is None:
+            cfg.logger.group = str(hc.sweep.dir)  # one W&B group per sweep
+    try:
+        results = train(cfg)
+    except (ConfigError, FileNotFoundError, MissingMandatoryValue) as err:
+        log.error("error: %s", str(err).splitlines()[0])  # bad input: one line, no traceback
+        if hc.mode == RunMode.MULTIRUN:
+            return None  # let the sweep's other jobs run
+        sys.exit(2)
+    except Interrupted as stop:
+        sys.exit(130 if str(stop) == "Ctrl-C" else 143)
+    return results["best_top1"]  # what a Hydra sweeper would optimise
+
+
+if __name__ == "__main__":
+    main()

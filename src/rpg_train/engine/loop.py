@@ -1,0 +1,105 @@
+"""One training epoch and one evaluation pass: short and linear (after DeiT's engine.py)."""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ..log import progress
+from .distributed import all_reduce_sum
+
+
+class Interrupted(Exception):
+    """Raised when SIGTERM or Ctrl-C stops training; the run saves last.pt first."""
+
+
+class EpochSums:
+    """Running sums of an epoch, on the device (no sync per step); part of a checkpoint."""
+
+    def __init__(self, device, state=None):
+        self.t = torch.zeros(3, dtype=torch.float64, device=device)  # loss*n, correct, n
+        self.seconds = 0.0
+        if state is not None:
+            self.t.copy_(torch.as_tensor(state[:3], dtype=torch.float64))
+            self.seconds = state[3]
+
+    def add(self, loss, logits, target):
+        n = target.numel()
+        correct = (logits.argmax(1) == target).sum()
+        self.t += torch.stack([loss.detach().double() * n, correct.double(),
+                               torch.tensor(float(n), dtype=torch.float64, device=self.t.device)])
+
+    def state(self) -> list[float]:
+        return [*self.t.tolist(), self.seconds]
+
+    def reduce(self) -> tuple[float, float, int]:
+        loss, correct, n = all_reduce_sum(self.t.clone()).tolist()
+        return loss / max(n, 1), 100.0 * correct / max(n, 1), int(n)
+
+
+def train_one_epoch(run, epoch: int, start_batch: int, sums: EpochSums) -> None:
+    """Train `run` for one epoch from batch `start_batch`. A stop request (SIGTERM, Ctrl-C)
+    is honoured between steps, so the saved state is always that of whole steps."""
+    model, opt, sched, scaler = run.model, run.optimizer, run.scheduler, run.scaler
+    model.train()
+    loader = run.train_loader
+    loader.set_epoch(epoch, start_batch)
+    total = run.batches_per_epoch
+    bar = progress(loader, total - start_batch, f"epoch {epoch + 1}", run.show_progress)
+    start = time.perf_counter()
+    batch = start_batch
+    try:
+        for x, y in bar:
+            if batch >= total or run.steps_exhausted():
+                break
+            if run.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with run.autocast():
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=run.label_smoothing)
+            scaler.scale(loss).backward()
+            if run.grad_clip > 0:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            sums.add(loss, logits.float(), y)
+            batch += 1
+            run.step += 1
+            run.batch = batch
+            if batch % 20 == 0 and not bar.disable:
+                rate = (batch - start_batch) * x.shape[0] / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.3g}",
+                                img_s=f"{rate:.0f}")
+            if run.should_stop():
+                raise Interrupted(run.stop_reason())
+    finally:
+        sums.seconds += time.perf_counter() - start
+        bar.close()
+
+
+@torch.no_grad()
+def evaluate(model, loader, autocast, limit: int = 0, channels_last: bool = False) -> dict:
+    """Loss, top-1 and top-5 (top-k capped at the class count) over the loader, all ranks."""
+    model.eval()
+    loader.set_epoch(0)
+    t = None
+    for i, (x, y) in enumerate(loader):
+        if limit and i >= limit:
+            break
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            logits = model(x).float()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, 1).indices
+        hit = top == y[:, None]
+        row = torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
+                           hit[:, 0].sum().double(), hit.any(1).sum().double(),
+                           torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device)])
+        t = row if t is None else t + row
+    loss, top1, top5, n = all_reduce_sum(t).tolist()
+    return dict(val_loss=loss / n, val_top1=100.0 * top1 / n, val_top5=100.0 * top5 / n)

@@ -1,0 +1,66 @@
+"""Optimizer parameter groups and learning-rate schedules."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from ..rpg import Ring
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def param_groups(model: nn.Module, weight_decay: float, wd_norm: bool) -> list[dict]:
+    """Explicit groups. Rings always get weight decay: they are 1-D, and the usual rule
+    "no decay for 1-D tensors" (timm, nanoGPT) would silently drop it (RPG.md, Pitfalls).
+    Norm parameters and biases are decayed only with wd_norm."""
+    ring, decay, no_decay = [], [], []
+    seen = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            if isinstance(module, Ring):
+                ring.append(p)
+            elif isinstance(module, _NORMS) or name == "bias":
+                (decay if wd_norm else no_decay).append(p)
+            else:
+                decay.append(p)
+    groups = [dict(params=ring, weight_decay=weight_decay, group="ring"),
+              dict(params=decay, weight_decay=weight_decay, group="decay"),
+              dict(params=no_decay, weight_decay=0.0, group="no_decay")]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay, cfg.wd_norm)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def lr_factor(t: float, *, name: str, epochs: int, warmup_epochs: float, warmup_start: float,
+              min_ratio: float, step_size: int, gamma: float, decay_epochs: float) -> float:
+    """The multiplier of the base lr at fractional epoch t (cosine and warmup are smooth;
+    step and exp change once per epoch, as the authors' schedule does)."""
+    if t < warmup_epochs:
+        return warmup_start + (1 - warmup_start) * t / warmup_epochs
+    if name == "cosine":
+        progress = min((t - warmup_epochs) / max(epochs - warmup_epochs, 1e-12), 1.0)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if name == "step":
+        return gamma ** (math.floor(t) // step_size)
+    if name == "exp":
+        return 0.1 ** (math.floor(t) / decay_epochs)
+    return 1.0
+
+
+def build_scheduler(cfg, base_lr: float, optimizer, epochs: int, steps_per_epoch: int):
+    """A LambdaLR stepped once per optimizer step."""
+    kw = dict(name=cfg.name, epochs=epochs, warmup_epochs=cfg.warmup_epochs,
+              warmup_start=cfg.warmup_start, min_ratio=cfg.min_lr / base_lr,
+              step_size=cfg.step_size, gamma=cfg.gamma, decay_epochs=cfg.decay_epochs)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step / steps_per_epoch, **kw))

@@ -1,0 +1,6 @@
+"""Console progress, metrics.jsonl and Weights & Biases."""
+from .console import progress
+from .metrics import MetricsFile
+from .wandb_logger import WandbLogger
+
+__all__ = ["progress", "MetricsFile", "WandbLogger"]

@@ -1,0 +1,33 @@
+"""Shared helpers: compose the app's config without the command line."""
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from rpg_train.config import register
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+register()
+
+
+def compose_cfg(overrides=(), out_dir=None):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides))
+    if out_dir is not None:
+        cfg.out_dir = str(out_dir)
+    return cfg
+
+
+# a two-step run on random tensors: what most engine tests start from
+QUICK = ["data=synthetic", "data.num_train=64", "data.num_val=32", "data.batch_size=16",
+         "data.image_size=16", "trainer.epochs=1", "trainer.progress=false",
+         "trainer.device=cpu", "rpg.params=2000"]
+
+
+@pytest.fixture
+def quick_cfg(tmp_path):
+    def make(*overrides, out="run"):
+        return compose_cfg([*QUICK, *overrides], out_dir=tmp_path / out)
+    return make

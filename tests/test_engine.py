@@ -1,0 +1,142 @@
+"""train(cfg): every model family and scope, outputs, resume, evaluate, bad input."""
+import json
+
+import pytest
+import torch
+
+from conftest import compose_cfg, QUICK
+from rpg_train.config import ConfigError
+from rpg_train.engine import train
+from rpg_train.engine.optim import lr_factor, param_groups
+from rpg_train.evaluate import evaluate_checkpoint, main as evaluate_main
+from rpg_train.models import create_model
+from rpg_train.rpg import apply_rpg
+
+
+@pytest.mark.parametrize("model", ["resnet18", "resnet20", "timm:resnet18"])
+@pytest.mark.parametrize("scope", ["network", "stage", "block", "layer", "none"])
+def test_two_steps_for_every_family_and_scope(quick_cfg, model, scope):
+    cfg = quick_cfg(f"model.name={model}", f"rpg.scope={scope}", "trainer.limit_batches=2")
+    results = train(cfg)
+    assert results["steps"] == 2 and results["final_top1"] is not None
+    rep = results["param_report"]
+    assert rep["ring"] == (0 if scope == "none" else 2000)
+    assert rep["trainable"] == rep["ring"] + rep["unshared"]
+
+
+def test_outputs_of_a_run(quick_cfg, tmp_path):
+    results = train(quick_cfg("trainer.epochs=2"))
+    out = tmp_path / "run"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
+            "images_per_sec", "elapsed"} <= set(rows[0])
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert saved["final_top1"] == rows[-1]["val_top1"]
+    assert saved["best_top1"] == max(r["val_top1"] for r in rows)
+    assert saved["param_report"]["ring"] == 2000 and saved["rpg"]["scope"] == "network"
+    assert saved["wall_time"] > 0 and saved["peak_memory_mb"] > 0
+    assert (out / "last.pt").exists() and (out / "best.pt").exists()
+    assert (out / "config.yaml").exists() and not list(out.glob("*.tmp"))
+
+
+def test_train_then_evaluate_gives_the_same_top1(quick_cfg, tmp_path, capsys):
+    results = train(quick_cfg())
+    ev = evaluate_checkpoint(tmp_path / "run" / "last.pt")
+    assert ev["top1"] == results["final_top1"] and ev["top5"] == results["final_top5"]
+    assert ev["param_report"] == results["param_report"]
+    assert evaluate_main([f"ckpt={tmp_path / 'run' / 'last.pt'}"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == results["final_top1"]
+
+
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k not in ("elapsed", "images_per_sec")} for r in rows]
+
+
+def test_two_epochs_equal_one_then_resume(quick_cfg, tmp_path):
+    full = train(quick_cfg("trainer.epochs=2", out="full"))
+    steps_per_epoch = full["steps"] // 2
+    train(quick_cfg("trainer.epochs=2", f"trainer.max_steps={steps_per_epoch}", out="split"))
+    resumed = train(quick_cfg("trainer.epochs=2", "trainer.resume=auto", out="split"))
+    a, b = _state(tmp_path / "full" / "last.pt"), _state(tmp_path / "split" / "last.pt")
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert torch.equal(a["model"]["rpg_rings.network.weight"], b["model"]["rpg_rings.network.weight"])
+    assert resumed["final_top1"] == full["final_top1"] and resumed["steps"] == full["steps"]
+    rows = [(tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("full", "split")]
+    assert _strip(map(json.loads, rows[0])) == _strip(map(json.loads, rows[1]))
+
+
+def test_resume_refuses_other_model_ring_and_non_checkpoints(quick_cfg, tmp_path):
+    train(quick_cfg())
+    last = tmp_path / "run" / "last.pt"
+    with pytest.raises(ConfigError, match=r"trainer.resume='.*last.pt' is a checkpoint of a "
+                                          r"different rpg"):
+        train(quick_cfg(f"trainer.resume={last}", "rpg.params=3000", out="other"))
+    with pytest.raises(ConfigError, match=r"different model"):
+        train(quick_cfg(f"trainer.resume={last}", "model.name=resnet32", out="other2"))
+    junk = tmp_path / "junk.pt"
+    junk.write_text("hello")
+    with pytest.raises(ConfigError, match=r"trainer.resume='.*junk.pt' is not a checkpoint"):
+        train(quick_cfg(f"trainer.resume={junk}", out="other3"))
+    torch.save({"model": {}}, tmp_path / "partial.pt")
+    with pytest.raises(ConfigError, match=r"is not an rpg_train checkpoint"):
+        train(quick_cfg(f"trainer.resume={tmp_path / 'partial.pt'}", out="other4"))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("rpg.params=1e9", r"rpg.params=1000000000 is out of range: scope='network' generates "
+                       r"\d+ weights, so params must be in \[1, \d+\]"),
+    ("rpg.scope=layer", r"rpg.params=5 leaves the layer ring"),
+])
+def test_ring_errors_name_the_key(quick_cfg, override, message):
+    extra = ["rpg.params=5"] if override == "rpg.scope=layer" else []
+    with pytest.raises(ConfigError, match=message):
+        train(quick_cfg(override, *extra))
+
+
+def test_missing_dataset_names_the_root(tmp_path):
+    cfg = compose_cfg(["data=mnist", f"data.root={tmp_path}", "data.download=false"],
+                      out_dir=tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match=f"data.root={tmp_path}"):
+        train(cfg)
+
+
+def test_ring_gets_weight_decay_and_norms_follow_wd_norm():
+    model = apply_rpg(create_model("resnet20", 10), "network", 1000)
+    groups = {g["group"]: g for g in param_groups(model, 5e-4, wd_norm=False)}
+    ring = model.rpg_rings.network.weight
+    assert any(p is ring for p in groups["ring"]["params"]) and groups["ring"]["weight_decay"] == 5e-4
+    assert any(p is model.bn1.weight for p in groups["no_decay"]["params"])
+    assert any(p is model.fc.bias for p in groups["no_decay"]["params"])
+    assert any(p is model.fc.weight for p in groups["decay"]["params"])
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
+    decayed = {g["group"]: g for g in param_groups(model, 5e-4, wd_norm=True)}
+    assert "no_decay" not in decayed and any(p is model.bn1.weight for p in decayed["decay"]["params"])
+
+
+def test_schedules():
+    kw = dict(epochs=90, warmup_epochs=0, warmup_start=0.1, min_ratio=0.0, step_size=30,
+              gamma=0.1, decay_epochs=45)
+    assert lr_factor(45.5, name="exp", **kw) == pytest.approx(0.1)
+    assert lr_factor(90, name="exp", **kw) == pytest.approx(0.01)
+    assert lr_factor(61, name="step", **kw) == pytest.approx(0.01)
+    assert lr_factor(45, name="cosine", **kw) == pytest.approx(0.5)
+    assert lr_factor(0.5, name="cosine", **{**kw, "warmup_epochs": 1}) == pytest.approx(0.55)
+    assert lr_factor(10, name="constant", **kw) == 1.0
+
+
+def test_wandb_offline_writes_the_run(quick_cfg, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    train(quick_cfg("logger=wandb", "logger.mode=auto", "logger.project=test"))
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    run_id = (tmp_path / "run" / "wandb_id.txt").read_text().strip()
+    assert runs[0].name.endswith(run_id)

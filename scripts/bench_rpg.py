@@ -3,7 +3,7 @@
     python scripts/bench_rpg.py [--steps 7] [--batch 128] [--device cpu|cuda|all]
 
 train_step_ratio / eval_ratio: median step time of the RPG model over the plain one, the two
-interleaved step by step so drift hits both alike. table_bytes_per_generated_weight: all the
+interleaved step by step so drift hits both alike (eval takes 3x the steps: it is cheap). table_bytes_per_generated_weight: all the
 generator keeps besides the rings (index and inverse tables) over the generated weights.
 plan_seconds: apply_rpg on resnet50 (tables drawn, rings built).
 """
@@ -61,7 +61,8 @@ def bench_steps(device, steps, batch, params):
         for m in (plain, rpg):
             m.train(mode == "train_step")
         times = {"plain": [], "rpg": []}
-        for i in range(steps + 2):  # two warm-up steps each
+        n = steps if mode == "train_step" else 3 * steps  # eval steps are cheap and noisier
+        for i in range(n + 2):  # two warm-up steps each
             for name, m in (("plain", plain), ("rpg", rpg)):
                 t = _timed(make(m), device)
                 if i >= 2:

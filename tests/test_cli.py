@@ -79,3 +79,17 @@ def test_sigterm_saves_last_and_resume_matches_an_uninterrupted_run(tmp_path):
     full = json.loads((tmp_path / "full" / "results.json").read_text())
     resumed = json.loads((tmp_path / "cut" / "results.json").read_text())
     assert resumed["final_top1"] == full["final_top1"] and resumed["steps"] == full["steps"]
+
+
+def test_torchrun_ddp_on_two_cpu_processes(tmp_path):
+    """DDP through torchrun (gloo on the CPU): both ranks train, rank 0 writes the outputs."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "rpg_train", *SMALL, "trainer.epochs=2", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["steps"] == 2 * (64 // 2 // 16)  # each rank sees half of every epoch
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert len(ckpt["rng"]) == 2 and ckpt["epoch"] == 2

@@ -1,0 +1,249 @@
+"""Train/val loaders with epoch-deterministic order and augmentation.
+
+Everything random in an epoch comes from local generators seeded by (seed, epoch, rank), so a
+run resumed at epoch k sees exactly the batches an uninterrupted run would see.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from . import datasets as ds
+from .transforms import AUGMENT, MEAN_STD, normalize, random_crop_flip
+
+DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")
+_INFO = {
+    "fashion_mnist": (1, 10, 28, True),
+    "mnist": (1, 10, 28, True),
+    "cifar10": (3, 10, 32, True),
+    "cifar100": (3, 100, 32, True),
+    "imagenet": (3, 1000, 224, False),
+}
+# independent random streams derived from the same (seed, epoch, rank)
+_PERM, _AUG, _SAMPLE, _WORKERS = 0, 1, 2, 3
+
+
+def _check_name(name) -> str:
+    if name not in DATASETS:
+        raise ValueError(f"data.name={name!r} is not a dataset; choose one of: {', '.join(DATASETS)}")
+    return name
+
+
+def dataset_info(name: str, cfg=None) -> dict:
+    _check_name(name)
+    if name == "synthetic":
+        c, k, s = (int(getattr(cfg, a, d)) for a, d in (("in_chans", 3), ("num_classes", 10), ("image_size", 32)))
+        return {"in_chans": c, "num_classes": k, "image_size": s, "small_input": True}
+    c, k, s, small = _INFO[name]
+    if name == "imagenet":
+        classes = ds.imagenet_classes(getattr(cfg, "root", None))
+        k = len(classes) if classes else k
+    return {"in_chans": c, "num_classes": k, "image_size": s, "small_input": small}
+
+
+def mix_seed(*parts: int) -> int:
+    """Hash integers into a 63-bit seed (SeedSequence decorrelates nearby seeds/epochs)."""
+    state = np.random.SeedSequence([int(p) % 2**63 for p in parts]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def epoch_indices(n: int, seed: int, epoch: int, rank: int, world_size: int, train: bool) -> torch.Tensor:
+    """This rank's sample indices for the epoch (CPU int64).
+    Train: a seeded permutation shared by all ranks, truncated to a multiple of world_size and
+    strided by rank (as DistributedSampler(drop_last=True)). Val: in order, rank::world_size."""
+    if not train:
+        return torch.arange(rank, n, world_size)
+    g = torch.Generator().manual_seed(mix_seed(seed, epoch, _PERM))
+    perm = torch.randperm(n, generator=g)
+    return perm[rank: (n // world_size) * world_size: world_size]
+
+
+class _EpochLoaderBase:
+    def __init__(self, n, batch_size, train, seed, rank, world_size):
+        self.n, self.batch_size, self.train = n, int(batch_size), train
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.epoch, self.start_batch = 0, 0
+        self._shard = len(range(rank, n, world_size)) if not train else n // world_size
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch; `start_batch` > 0 resumes it mid-way with the same batches."""
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+
+    def indices(self) -> torch.Tensor:
+        return epoch_indices(self.n, self.seed, self.epoch, self.rank, self.world_size, self.train)
+
+    def __len__(self) -> int:
+        if self.train:  # drop the last partial batch
+            return self._shard // self.batch_size
+        return -(-self._shard // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this process sees per epoch (train excludes the dropped partial batch)."""
+        return len(self) * self.batch_size if self.train else self._shard
+
+
+class DeviceLoader(_EpochLoaderBase):
+    """Whole split resident on `device` (uint8, or float for synthetic); batches are gathered,
+    augmented and normalised there. No DataLoader, no workers."""
+
+    def __init__(self, images, labels, *, batch_size, train, device, seed, rank=0, world_size=1,
+                 mean=None, std=None, augment=False, pad=0, flip=False):
+        super().__init__(len(images), batch_size, train, seed, rank, world_size)
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device, torch.int64)
+        self.mean = self.std = None
+        if mean is not None:
+            self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(-1, 1, 1)
+            self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(-1, 1, 1)
+        self.augment, self.pad, self.flip = bool(augment and train), int(pad), bool(flip)
+
+    def __iter__(self):
+        idx = self.indices().to(self.device)
+        gen = None
+        if self.augment:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(mix_seed(self.seed, self.epoch, self.rank, _AUG))
+        bs = self.batch_size
+        for i in range(len(self)):
+            sel = idx[i * bs: (i + 1) * bs]
+            x, y = self.images[sel], self.labels[sel]
+            if gen is not None:  # also for skipped batches: keeps the random stream aligned
+                x = random_crop_flip(x, self.pad, self.flip, gen)
+            if i < self.start_batch:
+                continue
+            if self.mean is not None:
+                x = normalize(x, self.mean, self.std)
+            yield x, y
+
+
+class EpochSampler(Sampler):
+    """Yields (index, augmentation seed) pairs for this rank and epoch."""
+
+    def __init__(self, n, seed, rank, world_size, train):
+        self.n, self.seed, self.rank, self.world_size, self.train = n, seed, rank, world_size, train
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = int(epoch), int(start)
+
+    def __iter__(self):
+        idx = epoch_indices(self.n, self.seed, self.epoch, self.rank, self.world_size, self.train)
+        g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, self.rank, _SAMPLE))
+        seeds = torch.randint(2**62, (len(idx),), generator=g)
+        return iter(list(zip(idx.tolist(), seeds.tolist()))[self.start:])
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size)) if not self.train else self.n // self.world_size
+
+
+class SeededImageDataset(Dataset):
+    """Applies `transform` under a per-sample seed chosen by the sampler. torchvision transforms
+    draw from the global torch RNG, so we fork it: the caller's global RNG is left untouched and
+    the augmentation of a sample depends only on (seed, epoch, rank, position), whatever the
+    worker count (decoding/resampling itself is deterministic for a given PIL build)."""
+
+    def __init__(self, folder, transform, seeded: bool):
+        self.folder, self.transform, self.seeded = folder, transform, seeded
+
+    def __len__(self):
+        return len(self.folder)
+
+    def __getitem__(self, item):
+        index, sample_seed = item
+        path, target = self.folder.samples[index]
+        img = self.folder.loader(path)
+        if not self.seeded:
+            return self.transform(img), target
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            return self.transform(img), target
+
+
+class FolderLoader(_EpochLoaderBase):
+    """torch DataLoader over image folders; batches moved to `device` (non_blocking)."""
+
+    def __init__(self, dataset, *, batch_size, train, device, seed, rank=0, world_size=1, num_workers=0):
+        super().__init__(len(dataset), batch_size, train, seed, rank, world_size)
+        self.device = torch.device(device)
+        self.sampler = EpochSampler(len(dataset), self.seed, self.rank, self.world_size, train)
+        # seeds the workers' base seed per epoch; the augmentation itself uses per-sample seeds
+        self._gen = torch.Generator()
+        self._loader = DataLoader(
+            dataset, batch_size=self.batch_size, sampler=self.sampler, num_workers=int(num_workers),
+            pin_memory=self.device.type == "cuda", drop_last=train, generator=self._gen,
+        )
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        super().set_epoch(epoch, start_batch)
+        self.sampler.set_epoch(epoch, start_batch * self.batch_size)
+
+    def __iter__(self):
+        self._gen.manual_seed(mix_seed(self.seed, self.epoch, self.rank, _WORKERS))
+        for x, y in self._loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def _imagenet_loaders(cfg, device, seed, rank, world_size):
+    from torchvision import transforms as T
+
+    root = ds.default_root("imagenet", getattr(cfg, "root", None))
+    classes = ds.imagenet_classes(root)
+    if not classes:
+        raise FileNotFoundError(
+            f"imagenet not found for data.root={root}: expected class folders under {root}/train "
+            f"(and {root}/val), torchvision ImageFolder layout; ImageNet cannot be downloaded automatically."
+        )
+    mean, std = MEAN_STD["imagenet"]
+    norm = [T.ToTensor(), T.Normalize(mean, std)]
+    eval_tf = T.Compose([T.Resize(256), T.CenterCrop(224), *norm])
+    aug = bool(getattr(cfg, "augment", True))
+    train_tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), *norm]) if aug else eval_tf
+    workers = int(getattr(cfg, "num_workers", 0) or 0)
+    common = dict(device=device, seed=seed, rank=rank, world_size=world_size, num_workers=workers)
+    train = FolderLoader(SeededImageDataset(ds.imagenet_folder(root, "train", classes), train_tf, aug),
+                         batch_size=cfg.batch_size, train=True, **common)
+    val = FolderLoader(SeededImageDataset(ds.imagenet_folder(root, "val", classes), eval_tf, False),
+                       batch_size=_eval_bs(cfg), train=False, **common)
+    return train, val
+
+
+def _eval_bs(cfg) -> int:
+    return int(getattr(cfg, "eval_batch_size", None) or cfg.batch_size)
+
+
+def build_loaders(cfg, device, seed: int, rank: int = 0, world_size: int = 1):
+    """(train_loader, val_loader) for cfg.name; see the package docstring for the contract."""
+    name = _check_name(cfg.name)
+    if not (world_size >= 1 and 0 <= rank < world_size):
+        raise ValueError(f"bad rank={rank} for world_size={world_size}")
+    if name == "imagenet":
+        train, val = _imagenet_loaders(cfg, device, seed, rank, world_size)
+    else:
+        root, download = getattr(cfg, "root", None), bool(getattr(cfg, "download", False))
+        kw = dict(device=device, seed=seed, rank=rank, world_size=world_size)
+        if name == "synthetic":
+            info = dataset_info(name, cfg)
+            shape = (info["in_chans"], info["image_size"], info["num_classes"])
+            tr = ds.make_synthetic(int(cfg.num_train), *shape, seed=ds.SYNTHETIC_SEED)
+            va = ds.make_synthetic(int(cfg.num_val), *shape, seed=ds.SYNTHETIC_SEED + 1)
+            train = DeviceLoader(*tr, batch_size=cfg.batch_size, train=True, **kw)
+            val = DeviceLoader(*va, batch_size=_eval_bs(cfg), train=False, **kw)
+        else:
+            load = ds.load_cifar if name.startswith("cifar") else ds.load_mnist_like
+            data = load(name, root, download)
+            mean, std = MEAN_STD[name]
+            pad, flip = AUGMENT[name]
+            kw.update(mean=mean, std=std)
+            train = DeviceLoader(*data["train"], batch_size=cfg.batch_size, train=True,
+                                 augment=bool(getattr(cfg, "augment", True)), pad=pad, flip=flip, **kw)
+            val = DeviceLoader(*data["test"], batch_size=_eval_bs(cfg), train=False, **kw)
+    if len(train) == 0:
+        raise ValueError(
+            f"data.batch_size={cfg.batch_size} exceeds the {train.n // world_size} training samples "
+            f"per process of {name}; the train loader would be empty"
+        )
+    return train, val

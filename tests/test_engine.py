@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import compose_cfg, QUICK
+from conftest import compose_cfg
 from rpg_train.config import ConfigError
 from rpg_train.engine import train
 from rpg_train.engine.optim import lr_factor, param_groups

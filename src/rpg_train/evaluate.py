@@ -15,11 +15,11 @@ from omegaconf.errors import OmegaConfBaseException
 from .config import Config, ConfigError, validate
 from .data import build_loaders, dataset_info
 from .engine import checkpoint
-from .engine.build import build_model
+from .engine.build import build_model, identity
 from .engine.distributed import resolve_device
 from .engine.loop import evaluate as evaluate_loader
+from .engine.train import amp_dtype, autocast_for
 from .rpg import param_report
-from .rpg.compact import tables_fingerprint
 
 
 def evaluate_checkpoint(path, overrides=()) -> dict:
@@ -34,23 +34,15 @@ def evaluate_checkpoint(path, overrides=()) -> dict:
     device = resolve_device(cfg.trainer.device)
     info = dataset_info(cfg.data.name, cfg.data)
     model, spec = build_model(cfg, info)
-    identity = dict(model=spec, rpg=getattr(model, "rpg_spec", None),
-                    fingerprint=tables_fingerprint(model))
-    checkpoint.check_identity(ckpt, identity, path, key="ckpt")
+    checkpoint.check_identity(ckpt, identity(model, spec), path, key="ckpt")
     model.load_state_dict(ckpt["model"])
     model.to(device)
     if cfg.trainer.channels_last:
         model.to(memory_format=torch.channels_last)
     _, val_loader = build_loaders(cfg.data, device, cfg.trainer.seed)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-        cfg.trainer.amp if cfg.trainer.amp != "auto" else
-        ("bf16" if device.type == "cuda" else "off"))
-
-    def autocast():
-        return torch.autocast(device.type, dtype=amp, enabled=amp is not None)
-
-    metrics = evaluate_loader(model, val_loader, autocast, cfg.trainer.limit_batches,
-                              cfg.trainer.channels_last)
+    dtype = amp_dtype(cfg.trainer.amp, device)
+    metrics = evaluate_loader(model, val_loader, lambda: autocast_for(dtype, device),
+                              cfg.trainer.limit_batches, cfg.trainer.channels_last)
     return dict(top1=metrics["val_top1"], top5=metrics["val_top5"], loss=metrics["val_loss"],
                 epoch=ckpt["epoch"], param_report=param_report(model), checkpoint=str(path))
 

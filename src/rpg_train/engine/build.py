@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..config import ConfigError
 from ..models import create_model
 from ..rpg import apply_rpg
+from ..rpg.compact import tables_fingerprint
 
 
 def model_spec(cfg, info: dict) -> dict:
@@ -32,3 +33,9 @@ def build_model(cfg, info: dict):
         msg = str(err)
         raise ConfigError(msg if msg.startswith("apply_rpg") else f"rpg.{msg}") from None
     return model, spec
+
+
+def identity(model, spec: dict) -> dict:
+    """What a checkpoint must match to be loaded into this model: backbone, recipe, tables."""
+    return dict(model=spec, rpg=getattr(model, "rpg_spec", None),
+                fingerprint=tables_fingerprint(model))

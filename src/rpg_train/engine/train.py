@@ -20,9 +20,8 @@ from ..config import ConfigError, validate
 from ..data import build_loaders, dataset_info
 from ..log import MetricsFile, WandbLogger
 from ..rpg import param_report
-from ..rpg.compact import tables_fingerprint
 from . import checkpoint
-from .build import build_model
+from .build import build_model, identity
 from .distributed import Dist, barrier, setup, teardown
 from .loop import EpochSums, Interrupted, evaluate, train_one_epoch
 from .optim import build_optimizer, build_scheduler
@@ -37,14 +36,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def amp_dtype(amp: str, device: torch.device):
+    """trainer.amp as a dtype (None = off); auto is bf16 on CUDA and off elsewhere."""
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "off"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+
+
+def autocast_for(dtype, device: torch.device):
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
 class Run:
     """What one training run holds; the loop reads and advances it."""
 
     def __init__(self, cfg, dist: Dist):
         t = cfg.trainer
         self.cfg, self.dist, self.device = cfg, dist, dist.device
-        amp = t.amp if t.amp != "auto" else ("bf16" if self.device.type == "cuda" else "off")
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        self.amp_dtype = amp_dtype(t.amp, self.device)
         self.channels_last, self.grad_clip = t.channels_last, t.grad_clip
         self.label_smoothing, self.max_steps = t.label_smoothing, t.max_steps
         self.show_progress = t.progress and dist.is_main
@@ -52,9 +61,7 @@ class Run:
         self._stop = None
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast_for(self.amp_dtype, self.device)
 
     def steps_exhausted(self) -> bool:
         return self.max_steps > 0 and self.step >= self.max_steps
@@ -122,8 +129,7 @@ def _setup(cfg, dist: Dist, out_dir: Path):
     ckpt = checkpoint.load(ckpt_path) if ckpt_path else None
     info = dataset_info(cfg.data.name, cfg.data)
     model, run.spec = build_model(cfg, info)
-    run.identity = dict(model=run.spec, rpg=getattr(model, "rpg_spec", None),
-                        fingerprint=tables_fingerprint(model))
+    run.identity = identity(model, run.spec)
     if ckpt is not None:
         checkpoint.check_identity(ckpt, run.identity, ckpt_path)
     run.report = param_report(model)

@@ -283,3 +283,14 @@ def test_start_batch_resumes_mid_epoch_with_the_same_batches(cifar_root, tmp_pat
     whole = list(inet)
     inet.set_epoch(0, start_batch=1)
     assert same(list(inet), whole[1:])
+
+
+def test_val_only_loaders_skip_the_training_split(tmp_path, monkeypatch):
+    fx.write_imagenet(tmp_path, ["a", "b"], 2)
+    scanned = []
+    real = ds.imagenet_folder
+    monkeypatch.setattr(ds, "imagenet_folder", lambda root, split, classes: scanned.append(split)
+                        or real(root, split, classes))
+    train, val = build_loaders(make_cfg("imagenet", tmp_path, batch_size=2), "cpu", seed=0,
+                               with_train=False)
+    assert train is None and scanned == ["val"] and val.num_samples == 4

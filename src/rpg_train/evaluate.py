@@ -39,7 +39,7 @@ def evaluate_checkpoint(path, overrides=()) -> dict:
     model.to(device)
     if cfg.trainer.channels_last:
         model.to(memory_format=torch.channels_last)
-    _, val_loader = build_loaders(cfg.data, device, cfg.trainer.seed)
+    _, val_loader = build_loaders(cfg.data, device, cfg.trainer.seed, with_train=False)
     dtype = amp_dtype(cfg.trainer.amp, device)
     metrics = evaluate_loader(model, val_loader, lambda: autocast_for(dtype, device),
                               cfg.trainer.limit_batches, cfg.trainer.channels_last)

@@ -187,7 +187,7 @@ class FolderLoader(_EpochLoaderBase):
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
-def _imagenet_loaders(cfg, device, seed, rank, world_size):
+def _imagenet_loaders(cfg, device, seed, rank, world_size, with_train=True):
     from torchvision import transforms as T
 
     root = ds.default_root("imagenet", getattr(cfg, "root", None))
@@ -204,8 +204,10 @@ def _imagenet_loaders(cfg, device, seed, rank, world_size):
     train_tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), *norm]) if aug else eval_tf
     workers = int(getattr(cfg, "num_workers", 0) or 0)
     common = dict(device=device, seed=seed, rank=rank, world_size=world_size, num_workers=workers)
-    train = FolderLoader(SeededImageDataset(ds.imagenet_folder(root, "train", classes), train_tf, aug),
-                         batch_size=cfg.batch_size, train=True, **common)
+    train = None
+    if with_train:  # scanning 1.28 M training files is not free: skip it for evaluation
+        train = FolderLoader(SeededImageDataset(ds.imagenet_folder(root, "train", classes), train_tf, aug),
+                             batch_size=cfg.batch_size, train=True, **common)
     val = FolderLoader(SeededImageDataset(ds.imagenet_folder(root, "val", classes), eval_tf, False),
                        batch_size=_eval_bs(cfg), train=False, **common)
     return train, val
@@ -215,13 +217,14 @@ def _eval_bs(cfg) -> int:
     return int(getattr(cfg, "eval_batch_size", None) or cfg.batch_size)
 
 
-def build_loaders(cfg, device, seed: int, rank: int = 0, world_size: int = 1):
-    """(train_loader, val_loader) for cfg.name; see the package docstring for the contract."""
+def build_loaders(cfg, device, seed: int, rank: int = 0, world_size: int = 1, with_train: bool = True):
+    """(train_loader, val_loader) for cfg.name; see the package docstring for the contract.
+    with_train=False returns (None, val_loader), for evaluation."""
     name = _check_name(cfg.name)
     if not (world_size >= 1 and 0 <= rank < world_size):
         raise ValueError(f"bad rank={rank} for world_size={world_size}")
     if name == "imagenet":
-        train, val = _imagenet_loaders(cfg, device, seed, rank, world_size)
+        train, val = _imagenet_loaders(cfg, device, seed, rank, world_size, with_train)
     else:
         root, download = getattr(cfg, "root", None), bool(getattr(cfg, "download", False))
         kw = dict(device=device, seed=seed, rank=rank, world_size=world_size)
@@ -241,6 +244,8 @@ def build_loaders(cfg, device, seed: int, rank: int = 0, world_size: int = 1):
             train = DeviceLoader(*data["train"], batch_size=cfg.batch_size, train=True,
                                  augment=bool(getattr(cfg, "augment", True)), pad=pad, flip=flip, **kw)
             val = DeviceLoader(*data["test"], batch_size=_eval_bs(cfg), train=False, **kw)
+    if not with_train:
+        return None, val
     if len(train) == 0:
         raise ValueError(
             f"data.batch_size={cfg.batch_size} exceeds the {train.n // world_size} training samples "

@@ -174,3 +174,17 @@ def test_torch_save_of_the_whole_model_round_trips(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x), model.eval()(x))
     assert rings_of(loaded)[0].weight is not rings_of(model)[0].weight
+
+
+@pytest.mark.parametrize("sampling,exact", [("even", True), ("ring", True), ("iid", False)])
+def test_inverse_table_lists_every_position_once(sampling, exact):
+    model = apply_rpg(create_model("resnet20", 10), "network", 1000, sampling=sampling)
+    ring = rings_of(model)[0]
+    blocks = ring.inverse()
+    total, n = ring.generated, ring.weight.numel()
+    assert sum(b.shape[0] for b in blocks) == n
+    codes = torch.cat([b.flatten() for b in blocks]).long()
+    real = codes[codes != 2 * total]
+    assert torch.equal(real.remainder(total).sort().values, torch.arange(total))
+    assert (sum(b.numel() for b in blocks) == total) == exact  # even/ring: no padding at all
+    assert ring.table_bytes() == 4 * total + 4 * sum(b.numel() for b in blocks)

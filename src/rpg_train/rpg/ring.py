@@ -4,8 +4,8 @@ that makes those layers read their `weight` from it.
 Forward: one gather from `cat(ring, -ring)` through an int32 table (4 bytes per generated
 weight), then each layer's slice is multiplied by its constant scale in place.
 Backward, deterministic by construction: on the CPU `index_add_` runs serially; on other
-devices (where it would use atomics) a padded inverse table, built once from the forward
-table by a stable sort, turns the scatter-add into a gather plus a fixed-order sum.
+devices (where it would use atomics) an inverse table, built once from the forward table
+by a stable sort, turns the scatter-add into a gather plus a fixed-order sum.
 """
 from __future__ import annotations
 
@@ -15,19 +15,31 @@ import torch
 import torch.nn as nn
 
 
-def inverse_table(index: torch.Tensor, n: int) -> torch.Tensor:
-    """(n, K) table: row j lists the positions entry j feeds, coded `pos` (+) or
-    `T + pos` (-), padded with `2T`, which points at a zero."""
+def inverse_table(index: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """The inverse of the forward table: row j lists the positions entry j feeds, coded
+    `pos` (+) or `T + pos` (-); short rows are padded with `2T`, which points at a zero.
+
+    Returned as blocks of consecutive rows, each as wide as its widest row. Even and ring
+    sampling give the first `T mod n` entries one use more than the rest, so their rows split
+    into two exact blocks (no padding, 4 bytes per weight); other counts get one padded block.
+    """
     total = index.numel()
-    entry = index % n
+    entry = (index % n).long()
     code = torch.arange(total, device=index.device) + total * (index >= n).long()
     counts = torch.bincount(entry, minlength=n)
-    order = torch.sort(entry, stable=True).indices
+    code = torch.cat([code[torch.sort(entry, stable=True).indices],
+                      torch.tensor([2 * total], device=index.device)])  # by entry, then a pad
     starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(total, device=index.device) - starts[entry[order]]
-    table = torch.full((n, int(counts.max())), 2 * total, dtype=torch.long, device=index.device)
-    table[entry[order], rank] = code[order]
-    return table.to(index.dtype) if 2 * total < 2**31 else table
+    bounds = [0, n]
+    if bool((counts[1:] <= counts[:-1]).all()):
+        bounds[1:1] = (torch.nonzero(counts[1:] != counts[:-1]).flatten() + 1).tolist()
+    dtype = index.dtype if 2 * total < 2**31 else torch.long
+    blocks = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        cols = torch.arange(int(counts[a:b].max()), device=index.device)
+        pick = torch.where(cols < counts[a:b, None], starts[a:b, None] + cols, total)
+        blocks.append(code[pick].to(dtype))
+    return blocks
 
 
 def ring_grad_serial(owner: "Ring", grad: torch.Tensor) -> torch.Tensor:
@@ -46,8 +58,8 @@ def ring_grad_inverse(owner: "Ring", grad: torch.Tensor) -> torch.Tensor:
     """The ring's gradient by gather and fixed-order sum: deterministic without atomics."""
     scaled = torch.cat([g * s for g, s in zip(grad.split(owner.sizes), owner.scales)])
     ext = torch.cat([scaled, -scaled, scaled.new_zeros(1)])
-    table = owner.inverse()
-    return ext.index_select(0, table.view(-1)).view(table.shape).sum(1)
+    return torch.cat([ext.index_select(0, block.view(-1)).view(block.shape).sum(1)
+                      for block in owner.inverse()])
 
 
 class _Generate(torch.autograd.Function):
@@ -96,11 +108,11 @@ class Ring(nn.Module):
 
     def table_bytes(self) -> int:
         """Memory the generator keeps besides the ring itself."""
-        extra = 0 if self._inverse is None else self._inverse.numel() * self._inverse.element_size()
-        return self.index.numel() * self.index.element_size() + extra
+        blocks = self._inverse or []
+        return sum(t.numel() * t.element_size() for t in [self.index, *blocks])
 
-    def inverse(self) -> torch.Tensor:
-        if self._inverse is None or self._inverse.device != self.index.device:
+    def inverse(self) -> list[torch.Tensor]:
+        if self._inverse is None or self._inverse[0].device != self.index.device:
             self._inverse = inverse_table(self.index, self.weight.numel())
         return self._inverse
 

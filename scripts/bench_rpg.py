@@ -2,8 +2,8 @@
 
     python scripts/bench_rpg.py [--steps 7] [--batch 128] [--device cpu|cuda|all]
 
-train_step_ratio / eval_ratio: median step time of the RPG model over the plain one, the two
-interleaved step by step so drift hits both alike (eval takes 3x the steps: it is cheap). table_bytes_per_generated_weight: all the
+train_step_ratio / eval_ratio: median over interleaved pairs of the RPG step time over the
+plain one, pairs in ABBA order so the machine's drift cancels (eval takes 3x the steps). table_bytes_per_generated_weight: all the
 generator keeps besides the rings (index and inverse tables) over the generated weights.
 plan_seconds: apply_rpg on resnet50 (tables drawn, rings built).
 """
@@ -63,18 +63,34 @@ def bench_steps(device, steps, batch, params):
         times = {"plain": [], "rpg": []}
         n = steps if mode == "train_step" else 3 * steps  # eval steps are cheap and noisier
         for i in range(n + 2):  # two warm-up steps each
-            for name, m in (("plain", plain), ("rpg", rpg)):
+            pair = (("plain", plain), ("rpg", rpg))
+            for name, m in (pair if i % 2 == 0 else pair[::-1]):  # ABBA: drift cancels
                 t = _timed(make(m), device)
                 if i >= 2:
                     times[name].append(t)
         med = {k: statistics.median(v) for k, v in times.items()}
         out[f"{mode}_plain_s"] = round(med["plain"], 4)
         out[f"{mode}_rpg_s"] = round(med["rpg"], 4)
-        out[f"{mode}_ratio"] = round(med["rpg"] / med["plain"], 4)
+        # median of the per-pair ratios: each pair ran back to back, so slow drift cancels
+        out[f"{mode}_ratio"] = round(statistics.median(
+            r / p for r, p in zip(times["rpg"], times["plain"])), 4)
     rep = param_report(rpg)
     table = sum(r.table_bytes() for r in rings_of(rpg))
     out["table_bytes_per_generated_weight"] = round(table / rep["generated"], 4)
     return out
+
+
+def bench_generate(device, params, steps):
+    """Seconds to generate every weight from the ring, and for the backward into it."""
+    rpg = apply_rpg(create_model("resnet18", 10, small_input=True), "network", params).to(device)
+    ring = rings_of(rpg)[0]
+    ones = [torch.ones_like(w) for w in ring.weights()]
+    fwd, bwd = [], []
+    for i in range(steps + 2):
+        ring.invalidate()
+        fwd.append(_timed(ring.weights, device))
+        bwd.append(_timed(lambda: torch.autograd.backward(ring.weights(), ones), device))
+    return round(statistics.median(fwd[2:]), 4), round(statistics.median(bwd[2:]), 4)
 
 
 def bench_plan(device):
@@ -86,7 +102,7 @@ def bench_plan(device):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=11)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--params", type=float, default=1e5)
     ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
@@ -100,6 +116,8 @@ def main():
                    params=int(args.params), threads=torch.get_num_threads(),
                    torch=torch.__version__)
         row.update(bench_steps(device, args.steps, args.batch, int(args.params)))
+        row["generate_s"], row["generate_backward_s"] = bench_generate(device, int(args.params),
+                                                                      args.steps)
         row["plan_seconds_resnet50"] = bench_plan(device)
         print(json.dumps(row), flush=True)
 

@@ -18,23 +18,24 @@ class EpochSums:
     """Running sums of an epoch, on the device (no sync per step); part of a checkpoint."""
 
     def __init__(self, device, state=None):
-        self.t = torch.zeros(3, dtype=torch.float64, device=device)  # loss*n, correct, n
-        self.seconds = 0.0
+        self.t = torch.zeros(2, dtype=torch.float64, device=device)  # loss*n, correct
+        self.n, self.seconds = 0, 0.0  # samples: known on the host, no device copy per step
         if state is not None:
-            self.t.copy_(torch.as_tensor(state[:3], dtype=torch.float64))
-            self.seconds = state[3]
+            self.t.copy_(torch.as_tensor(state[:2], dtype=torch.float64))
+            self.n, self.seconds = int(state[2]), state[3]
 
     def add(self, loss, logits, target):
         n = target.numel()
-        correct = (logits.argmax(1) == target).sum()
-        self.t += torch.stack([loss.detach().double() * n, correct.double(),
-                               torch.tensor(float(n), dtype=torch.float64, device=self.t.device)])
+        self.t[0] += loss.detach().double() * n
+        self.t[1] += (logits.argmax(1) == target).sum()
+        self.n += n
 
     def state(self) -> list[float]:
-        return [*self.t.tolist(), self.seconds]
+        return [*self.t.tolist(), self.n, self.seconds]
 
     def reduce(self) -> tuple[float, float, int]:
-        loss, correct, n = all_reduce_sum(self.t.clone()).tolist()
+        totals = torch.cat([self.t, self.t.new_tensor([self.n])])
+        loss, correct, n = all_reduce_sum(totals).tolist()
         return loss / max(n, 1), 100.0 * correct / max(n, 1), int(n)
 
 

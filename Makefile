@@ -1,5 +1,15 @@
 # Two commands on a fresh machine: `make train` (install, default run) and `make test`.
-PYTHON ?= python3
+# Everything installs into the project's virtual environment .venv (made by BOOTSTRAP, reused
+# when present), so no step needs root and an externally managed system Python (PEP 668) is
+# left alone. `make PYTHON=/path/to/python ...` uses that interpreter as it is, with no venv.
+BOOTSTRAP ?= python3
+VENV := .venv
+ifeq ($(origin PYTHON),command line)
+ENV :=
+else
+PYTHON := $(VENV)/bin/python
+ENV := $(PYTHON)
+endif
 DATA ?= /data/imagenet
 GPUS ?= 1
 ARGS ?=
@@ -7,7 +17,17 @@ TORCHRUN = $(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(GP
 
 .PHONY: install data train test test-all bench imagenet-r18 imagenet-r34 sweep-fmnist clean
 
-install:
+# Debian and Ubuntu ship ensurepip, which venv needs for pip, apart in python3-venv: check it
+# first, so that a failed attempt leaves no half-made .venv behind. pip >= 21.3 installs a
+# pyproject-only project editable (PEP 660); a current pip is left as it is.
+$(VENV)/bin/python:
+	@$(BOOTSTRAP) -c "import ensurepip, venv" 2>/dev/null || { echo "error: $(BOOTSTRAP) \
+	cannot create $(VENV): install its venv module (Debian/Ubuntu: apt-get install python3-venv) \
+	or pick an interpreter with make PYTHON=/path/to/python" >&2; exit 1; }
+	$(BOOTSTRAP) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q "pip>=21.3"
+
+install: $(ENV)
 	$(PYTHON) -m pip install -q -e ".[test]"
 
 # Fashion-MNIST from Debian's package where we can; otherwise torchvision downloads it

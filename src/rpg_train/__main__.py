@@ -14,7 +14,7 @@ from .config import register
 
 register()
 log = logging.getLogger("rpg_train")
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
+from .paths import CONF  # noqa: E402  conf/: the checkout's, or the copy a wheel ships
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="config")

@@ -3,14 +3,20 @@
     python scripts/bench_rpg.py [--steps 7] [--batch 128] [--device cpu|cuda|all]
 
 train_step_ratio / eval_ratio: median over interleaved pairs of the RPG step time over the
-plain one, pairs in ABBA order so the machine's drift cancels (eval takes 3x the steps). table_bytes_per_generated_weight: all the
-generator keeps besides the rings (index and inverse tables) over the generated weights.
-plan_seconds: apply_rpg on resnet50 (tables drawn, rings built).
+plain one, pairs in ABBA order so the machine's drift cancels (eval takes 3x the steps).
+eval_ratio runs inside `rpg.cached(model)`, as the engine evaluates; eval_uncached_ratio is a
+plain no_grad forward, which generates every weight again. table_bytes_per_generated_weight:
+all the generator keeps besides the rings (index and inverse tables) over the generated
+weights. plan_seconds: apply_rpg on resnet50 (tables drawn, rings built).
+leak_mib_20_cycles: growth of the process's resident memory over 20 cycles of building a
+ResNet18-RPG, one training step and dropping it (after one warm-up cycle).
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import statistics
 import time
 
@@ -18,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from rpg_train.models import create_model
-from rpg_train.rpg import apply_rpg, param_report, rings_of
+from rpg_train.rpg import apply_rpg, cached, param_report, rings_of
 
 
 def _sync(device):
@@ -52,12 +58,18 @@ def bench_steps(device, steps, batch, params):
 
     def infer(model):
         def step():
+            with torch.no_grad(), cached(model):
+                model(x)
+        return step
+
+    def infer_uncached(model):
+        def step():
             with torch.no_grad():
                 model(x)
         return step
 
     out = {}
-    for mode, make in (("train_step", train), ("eval", infer)):
+    for mode, make in (("train_step", train), ("eval", infer), ("eval_uncached", infer_uncached)):
         for m in (plain, rpg):
             m.train(mode == "train_step")
         times = {"plain": [], "rpg": []}
@@ -84,13 +96,46 @@ def bench_generate(device, params, steps):
     """Seconds to generate every weight from the ring, and for the backward into it."""
     rpg = apply_rpg(create_model("resnet18", 10, small_input=True), "network", params).to(device)
     ring = rings_of(rpg)[0]
-    ones = [torch.ones_like(w) for w in ring.weights()]
+
+    def weights():
+        return [ring.generate(i) for i in range(len(ring.sizes))]
+
+    ones = [torch.ones_like(w) for w in weights()]
     fwd, bwd = [], []
     for i in range(steps + 2):
-        ring.invalidate()
-        fwd.append(_timed(ring.weights, device))
-        bwd.append(_timed(lambda: torch.autograd.backward(ring.weights(), ones), device))
+        fwd.append(_timed(weights, device))
+        outs = weights()
+        bwd.append(_timed(lambda: torch.autograd.backward(outs, ones), device))
     return round(statistics.median(fwd[2:]), 4), round(statistics.median(bwd[2:]), 4)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def bench_leak(device, cycles=20):
+    """Resident memory growth over `cycles` build/train-step/drop cycles of ResNet18-RPG."""
+    def cycle():
+        model = apply_rpg(create_model("resnet18", 10, small_input=True), "network", 10**5)
+        model.to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        x = torch.randn(8, 3, 32, 32, device=device)
+        F.cross_entropy(model(x), torch.randint(10, (8,), device=device)).backward()
+        opt.step()
+        del model, opt
+        gc.collect()
+
+    def used():
+        if device.type == "cuda":
+            return torch.cuda.memory_allocated(device) / 2**20
+        return _rss_mib()
+
+    cycle()
+    start = used()
+    for _ in range(cycles):
+        cycle()
+    return round(used() - start, 1)
 
 
 def bench_plan(device):
@@ -119,6 +164,7 @@ def main():
         row["generate_s"], row["generate_backward_s"] = bench_generate(device, int(args.params),
                                                                       args.steps)
         row["plan_seconds_resnet50"] = bench_plan(device)
+        row["leak_mib_20_cycles"] = bench_leak(device)
         print(json.dumps(row), flush=True)
 
 

@@ -7,6 +7,7 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from rpg_train.errors import UserError
 from rpg_train.models import available, create_model
 from rpg_train.rpg import apply_rpg, load_compact, param_report, save_compact
 
@@ -52,15 +53,15 @@ def test_compact_refuses_truncated_foreign_and_mismatched_files(tmp_path):
     save_compact(model, good)
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(ValueError, match="truncated.safetensors: not a readable compact"):
+    with pytest.raises(UserError, match=r"path='.*truncated.safetensors' is not a readable compact"):
         load_compact(truncated)
     garbage = tmp_path / "garbage.bin"
     garbage.write_bytes(b"not a safetensors file at all")
-    with pytest.raises(ValueError, match="garbage.bin: not a readable compact"):
+    with pytest.raises(UserError, match=r"path='.*garbage.bin' is not a readable compact"):
         load_compact(garbage)
     foreign = tmp_path / "foreign.safetensors"
     save_file({"x": torch.zeros(2)}, str(foreign))
-    with pytest.raises(ValueError, match="not a compact RPG file"):
+    with pytest.raises(UserError, match="not a compact RPG file"):
         load_compact(foreign)
     # same tensors, recipe edited to another seed: tables differ from the fingerprint
     with safe_open(str(good), "pt") as f:
@@ -69,7 +70,7 @@ def test_compact_refuses_truncated_foreign_and_mismatched_files(tmp_path):
     rpg["seed"] += 1
     edited = tmp_path / "edited.safetensors"
     save_file(load_file(str(good)), str(edited), metadata={**meta, "rpg": json.dumps(rpg)})
-    with pytest.raises(ValueError, match="rebuilds different index tables"):
+    with pytest.raises(UserError, match="rebuilds different index tables"):
         load_compact(edited)
 
 
@@ -90,13 +91,14 @@ GENERATED_R20 = sum(p.numel() for n, p in _r20().named_parameters()
 @pytest.mark.parametrize("params,match", [
     (0, r"params=0 is out of range: scope='network' generates \d+ weights, so params must be in \[1, \d+\]"),
     (-5, r"params=-5 is out of range"),
-    (1.5, r"params=1.5 is not an integer"),
-    ("abc", r"params='abc' is not an integer"),
-    (True, r"params=True is not an integer"),
+    (1.5, r"params=1.5 is neither an integer nor a fraction in \(0, 1\)"),
+    ("abc", r"params='abc' is not a ring size; give an integer"),
+    (True, r"params=True is not a ring size"),
+    (float("nan"), r"params=nan is neither an integer nor a fraction"),
     (GENERATED_R20, rf"params={GENERATED_R20} is out of range.*\[1, {GENERATED_R20 - 1}\]"),
 ])
 def test_bad_params(params, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(UserError, match=match):
         apply_rpg(_r20(), "network", params)
 
 
@@ -105,7 +107,7 @@ def test_integral_float_params_are_accepted():
 
 
 def test_local_ring_with_zero_entries():
-    with pytest.raises(ValueError, match=r"params=3 leaves the layer ring .* with 0 entries; "
+    with pytest.raises(UserError, match=r"params=3 leaves the layer ring .* with 0 entries; "
                                          r"scope='layer' needs params >= \d+"):
         apply_rpg(_r20(), "layer", 3)
 
@@ -115,23 +117,24 @@ def test_local_ring_with_zero_entries():
     (dict(scope="network", params=10, sampling="hash"), r"sampling='hash' is not valid; choose one of: even, ring, iid"),
 ])
 def test_unknown_scope_and_sampling(kw, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(UserError, match=match):
         apply_rpg(_r20(), **kw)
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ValueError, match="model='resnet19' is not a known model; choose one of: "
+    with pytest.raises(ValueError, match="name='resnet19' is not a known model; choose one of: "
                                          + ", ".join(available())):
         create_model("resnet19", 10)
-    with pytest.raises(ValueError, match="model='timm:no_such_net'"):
+    with pytest.raises(ValueError, match="name='timm:no_such_net'"):
         create_model("timm:no_such_net", 10)
 
 
 def test_nothing_to_generate_and_twice():
-    with pytest.raises(ValueError, match="has no conv or linear weight to generate"):
+    with pytest.raises(UserError, match="scope='network' finds no conv or linear weight to "
+                                        "generate in Sequential"):
         apply_rpg(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), "network", 5)
     model = apply_rpg(_r20(), "network", 100)
-    with pytest.raises(ValueError, match="already has RPG rings"):
+    with pytest.raises(RuntimeError, match="already has RPG rings"):
         apply_rpg(model, "network", 100)
 
 

@@ -1,20 +1,24 @@
-"""apply_rpg, param_report and materialize: the public face of the method."""
+"""apply_rpg, param_report, materialize and cached: the public face of the method."""
 from __future__ import annotations
 
 import copy
+import warnings
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 
-from .plan import SAMPLINGS, SCOPES, as_count, draw_index, find_targets, group_targets, split_params
-from .ring import NewForwardHook, Ring, RingBank, is_generated, make_generated, make_plain
+from ..errors import UserError
+from .plan import (SAMPLINGS, SCOPES, find_targets, group_targets, ring_seeds, ring_size,
+                   split_params, ungenerated_weights)
+from .ring import Ring, RingBank, cached_rings, is_generated, make_generated, make_plain
 
 RINGS_ATTR = "rpg_rings"
 
 
 def _check_choice(key: str, value, choices) -> None:
     if value not in choices:
-        raise ValueError(f"{key}={value!r} is not valid; choose one of: {', '.join(choices)}")
+        raise UserError(key, value, f"is not valid; choose one of: {', '.join(choices)}")
 
 
 def apply_rpg(model: nn.Module, scope: str, params, seed: int = 0, sampling: str = "even",
@@ -22,42 +26,56 @@ def apply_rpg(model: nn.Module, scope: str, params, seed: int = 0, sampling: str
     """Replace the model's conv/linear weights by weights generated from rings, in place.
 
     `scope` picks one ring for the network, or one per stage / block / layer; `params` is the
-    total ring size over all rings. Tables come from `seed` alone; the rings are initialised
-    from torch's global RNG, like any other parameter.
+    total ring size over all rings: an integer (1e5 works too) or a fraction in (0, 1) of the
+    generated weights. Every layer's multiplier is sqrt(fan_ref / fan_out) with one fan_ref
+    for the whole network (the largest fan-out of any generated layer) in every scope, so a
+    layer's effective learning rate does not depend on the scope. Tables come from `seed`
+    alone; the rings are initialised from torch's global RNG, like any other parameter.
+    Works on a meta-device model: the tables are drawn after `to_empty(device=...)`.
     """
     _check_choice("scope", scope, SCOPES)
     _check_choice("sampling", sampling, SAMPLINGS)
     if scope == "none":
         return model
     if hasattr(model, RINGS_ATTR):
-        raise ValueError("apply_rpg: this model already has RPG rings; build a fresh model")
+        raise RuntimeError("apply_rpg: this model already has RPG rings; build a fresh model")
     targets = find_targets(model, share_stem, share_head)
     if not targets:
-        raise ValueError(f"apply_rpg: {type(model).__name__} has no conv or linear weight to "
-                         "generate (stem and head are left out unless share_stem/share_head)")
+        raise UserError("scope", scope, f"finds no conv or linear weight to generate in "
+                        f"{type(model).__name__} (stem and head are left out unless "
+                        "share_stem/share_head)")
     total = sum(t.numel for t in targets)
-    params = as_count(params)
+    params = ring_size(params, total)
     if not 1 <= params < total:
-        raise ValueError(f"params={params} is out of range: scope={scope!r} generates {total} "
-                         f"weights, so params must be in [1, {total - 1}]")
+        raise UserError("params", params, f"is out of range: scope={scope!r} generates "
+                        f"{total} weights, so params must be in [1, {total - 1}] or a "
+                        "fraction in (0, 1)")
+    left_out = ungenerated_weights(model)
+    if left_out:
+        warnings.warn(f"apply_rpg: {len(left_out)} weights cannot be generated and stay "
+                      f"unshared: {', '.join(left_out)}", stacklevel=2)
     groups = group_targets(targets, scope)
-    ring_sizes = split_params(params, {k: sum(t.numel for t in g) for k, g in groups.items()},
-                              scope)
-    modules = dict(model.named_modules())
-    gen = torch.Generator().manual_seed(seed)
+    sizes = split_params(params, {k: sum(t.numel for t in g) for k, g in groups.items()}, scope)
+    fan_ref = max(t.fan_out for t in targets)
+    modules = dict(model.named_modules(remove_duplicate=False))
     rings = RingBank()
-    for key, group in groups.items():
-        first = modules[group[0].path].weight
-        index = draw_index([t.numel for t in group], ring_sizes[key], sampling, sign, gen)
-        ring = Ring(ring_sizes[key], index, [t.path for t in group], [t.shape for t in group],
-                    [t.fan_out for t in group], device=first.device, dtype=first.dtype)
+    for (key, group), table_seed in zip(groups.items(), ring_seeds(seed, len(groups))):
+        first = modules[group[0].path]._parameters["weight"]
+        ring = Ring(sizes[key], [t.path for t in group], [t.shape for t in group],
+                    [t.fan_out for t in group], fan_ref, sampling, sign, table_seed,
+                    device=first.device, dtype=first.dtype)
         rings[key.replace(".", "_")] = ring
         for position, t in enumerate(group):
-            make_generated(modules[t.path], ring, position)
-    setattr(model, RINGS_ATTR, rings)
+            for path in (t.path, *t.aliases):
+                if not is_generated(modules[path]):  # one module may sit at two paths
+                    make_generated(modules[path], ring, position)
+    # first child, so `nn.Sequential(*list(model.children())[:-1])` (drop the head) keeps it
+    children = dict(model._modules)
+    model._modules.clear()
+    model._modules[RINGS_ATTR] = rings
+    model._modules.update(children)
     model.rpg_spec = dict(scope=scope, params=params, seed=seed, sampling=sampling, sign=sign,
                           share_stem=share_stem, share_head=share_head)
-    model.register_forward_pre_hook(NewForwardHook(rings))
     return model
 
 
@@ -65,9 +83,19 @@ def rings_of(model: nn.Module) -> list[Ring]:
     return [m for m in model.modules() if isinstance(m, Ring)]
 
 
+@contextmanager
+def cached(model: nn.Module):
+    """Generate each weight once and reuse it inside the block (evaluation loops); outside,
+    generated weights are made on every access and are never stale. Do not update the ring
+    inside the block through `.data` or a fused optimizer: those do not mark it changed."""
+    with cached_rings(rings_of(model)):
+        yield model
+
+
 def param_report(model: nn.Module) -> dict:
-    """Parameter counts, one definition everywhere (DESIGN.md):
-    trainable = ring + unshared = timm's count; dense = the backbone without RPG."""
+    """Parameter counts, one definition everywhere:
+    trainable = ring + unshared = timm's count; dense = the backbone without RPG.
+    `ungenerated` names the weights that no ring can generate because of their layer type."""
     rings = rings_of(model)
     ring_ids = {id(r.weight) for r in rings}
     params = list(model.parameters())  # shared tensors once, as timm counts them
@@ -75,25 +103,28 @@ def param_report(model: nn.Module) -> dict:
     trainable = sum(p.numel() for p in params if p.requires_grad)
     generated = sum(r.generated for r in rings)
     dense = sum(p.numel() for p in params if id(p) not in ring_ids) + generated
-    return dict(ring=ring, unshared=trainable - sum(r.weight.numel() for r in rings
-                                                    if r.weight.requires_grad),
-                trainable=trainable, generated=generated, dense=dense,
-                compression=dense / trainable if trainable else float("inf"))
+    trainable_ring = sum(r.weight.numel() for r in rings if r.weight.requires_grad)
+    return dict(ring=ring, unshared=trainable - trainable_ring, trainable=trainable,
+                generated=generated, dense=dense,
+                compression=dense / trainable if trainable else float("inf"),
+                ungenerated=ungenerated_weights(model))
 
 
 def materialize(model: nn.Module) -> nn.Module:
-    """A plain copy of the backbone: generated weights become ordinary Parameters, the rings
-    and hooks are gone, and state_dict() matches the backbone built without RPG."""
+    """A plain copy of the backbone: generated weights become ordinary Parameters (tied
+    layers share one), the rings are gone, and state_dict() matches the backbone built
+    without RPG."""
     was_training = model.training
     plain = copy.deepcopy(model)
-    plain.eval()  # generate once, without autograd
+    made: dict[tuple[int, int], nn.Parameter] = {}
     with torch.no_grad():
         for module in plain.modules():
             if is_generated(module):
-                make_plain(module)
-    for key, hook in list(plain._forward_pre_hooks.items()):
-        if isinstance(hook, NewForwardHook):
-            del plain._forward_pre_hooks[key]
+                ring, position = module.__dict__["_rpg_source"]
+                key = (id(ring), position)
+                if key not in made:
+                    made[key] = nn.Parameter(ring.generate(position).detach().clone())
+                make_plain(module, made[key])
     if hasattr(plain, RINGS_ATTR):
         delattr(plain, RINGS_ATTR)
         del plain.rpg_spec

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from ..errors import UserError
 from .apply import apply_rpg, rings_of
 
-FORMAT = "rpg-compact/1"
+FORMAT = "rpg-compact/2"  # 2: per-ring table seeds, one multiplier reference per network
 
 
 def tables_fingerprint(model: nn.Module) -> str:
@@ -18,7 +19,8 @@ def tables_fingerprint(model: nn.Module) -> str:
     h = hashlib.sha256()
     for ring in rings_of(model):
         h.update(json.dumps([ring.weight.numel(), ring.paths, ring.scales]).encode())
-        h.update(ring.index.cpu().numpy().tobytes())
+        table = ring.draw_table() if ring.weight.is_meta else ring.index.cpu()
+        h.update(table.numpy().tobytes())
     return h.hexdigest()
 
 
@@ -51,10 +53,10 @@ def load_compact(path, builder=None) -> nn.Module:
             meta = f.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable compact RPG file ({err})") from None
+        raise UserError("path", str(path), f"is not a readable compact RPG file ({err})") from None
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a compact RPG file (format={meta.get('format')!r}, "
-                         f"expected {FORMAT!r})")
+        raise UserError("path", str(path), f"is not a compact RPG file (format="
+                        f"{meta.get('format')!r}, expected {FORMAT!r})")
     if builder is None:
         from ..models import create_model as builder
     model = builder(**json.loads(meta["model"]))
@@ -63,8 +65,8 @@ def load_compact(path, builder=None) -> nn.Module:
         apply_rpg(model, **rpg)
     found = tables_fingerprint(model)
     if found != meta["fingerprint"]:
-        raise ValueError(f"{path}: its recipe rebuilds different index tables (fingerprint "
-                         f"{found[:12]} != stored {meta['fingerprint'][:12]}); the file comes "
-                         "from another rpg_train version or was edited")
+        raise UserError("path", str(path), f"rebuilds different index tables from its recipe "
+                        f"(fingerprint {found[:12]} != stored {meta['fingerprint'][:12]}); the "
+                        "file comes from another rpg_train version or was edited")
     model.load_state_dict(tensors, strict=True)
     return model

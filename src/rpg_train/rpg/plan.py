@@ -1,34 +1,37 @@
 """The plan: which weights a model's rings generate, how rings are sized, and the index tables.
 
-Everything here is a pure function of the model's structure and a seed, drawn from a CPU
-`torch.Generator`, so every process and machine builds identical tables.
+Everything here is a pure function of the model's structure and a seed, drawn from CPU
+`torch.Generator`s, so every process and machine builds identical tables.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from ..errors import UserError
+
 SCOPES = ("network", "stage", "block", "layer", "none")
 SAMPLINGS = ("even", "ring", "iid")
-_GENERATED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+GENERATED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 @dataclass(frozen=True)
 class Target:
-    """One weight that a ring generates."""
+    """One weight that a ring generates: `path` owns it; `aliases` are other layers that
+    share the same Parameter (tied weights stay tied: one target, counted once)."""
 
     path: str
     shape: tuple[int, ...]
+    aliases: tuple[str, ...] = ()
 
     @property
     def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return math.prod(self.shape)
 
     @property
     def fan_out(self) -> int:
@@ -36,11 +39,18 @@ class Target:
         return self.numel // self.shape[1]
 
 
+def _own_weight(module: nn.Module):
+    w = module._parameters.get("weight")
+    return w if isinstance(w, torch.Tensor) else None
+
+
 def find_targets(model: nn.Module, share_stem: bool, share_head: bool) -> list[Target]:
     """Conv and linear weights in module order; the stem (first conv) and the head (last
-    linear) are left out unless shared. Biases and norm layers are never generated."""
-    layers = [(p, m) for p, m in model.named_modules() if isinstance(m, _GENERATED_TYPES)
-              and isinstance(m._parameters.get("weight"), torch.Tensor)]
+    linear) are left out unless shared. Biases and norm layers are never generated. A weight
+    that is also used where it cannot be generated (say, a head tied to an Embedding) is
+    left alone rather than untied."""
+    layers = [(p, m) for p, m in model.named_modules(remove_duplicate=False)
+              if isinstance(m, GENERATED_TYPES) and _own_weight(m) is not None]
     convs = [p for p, m in layers if not isinstance(m, nn.Linear)]
     linears = [p for p, m in layers if isinstance(m, nn.Linear)]
     skip = set()
@@ -48,7 +58,37 @@ def find_targets(model: nn.Module, share_stem: bool, share_head: bool) -> list[T
         skip.add(convs[0])
     if linears and not share_head:
         skip.add(linears[-1])
-    return [Target(p, tuple(m.weight.shape)) for p, m in layers if p not in skip]
+    users: dict[int, list[str]] = {}  # every (sub)module path that holds each weight
+    for path, m in model.named_modules(remove_duplicate=False):
+        for p in m._parameters.values():
+            if p is not None:
+                users.setdefault(id(p), []).append(path)
+    generatable = {p for p, _ in layers} - skip
+    targets, seen = [], set()
+    for path, m in layers:
+        w = _own_weight(m)
+        if id(w) in seen:
+            continue
+        seen.add(id(w))
+        holders = users[id(w)]
+        if not set(holders) <= generatable:
+            continue  # shared with the stem, the head or a layer type we do not generate
+        targets.append(Target(holders[0], tuple(w.shape), tuple(holders[1:])))
+    return targets
+
+
+def ungenerated_weights(model: nn.Module) -> list[str]:
+    """Trainable weights (2-D or more) that no ring can generate because of their layer type
+    (ConvTranspose, Embedding, MultiheadAttention.in_proj_weight, position embeddings ...).
+    The stem and head are not listed: they are conv/linear layers left out by choice."""
+    names = []
+    for name, p in model.named_parameters():
+        module_path, _, attr = name.rpartition(".")
+        module = model.get_submodule(module_path)
+        if p.requires_grad and p.dim() >= 2 and not (isinstance(module, GENERATED_TYPES)
+                                                      and attr == "weight"):
+            names.append(name)
+    return names
 
 
 def scope_key(path: str, scope: str) -> str:
@@ -87,15 +127,18 @@ def group_targets(targets: list[Target], scope: str) -> dict[str, list[Target]]:
     return groups
 
 
-def as_count(params) -> int:
-    """An int, or an integral float such as 1e5 (Hydra reads `1e5` as a float)."""
-    if isinstance(params, bool):
-        raise ValueError(f"params={params!r} is not an integer")
-    if isinstance(params, float) and params.is_integer():
+def ring_size(params, total: int) -> int:
+    """The total ring size asked for: an integer (also a numpy integer, or an integral float
+    such as 1e5, which is how Hydra reads `1e5`), or a fraction in (0, 1) meaning that share
+    of the `total` generated weights, rounded to the nearest entry."""
+    if isinstance(params, bool) or not isinstance(params, numbers.Real):
+        raise UserError("params", params, "is not a ring size; give an integer (25000, 1e5) "
+                        "or a fraction in (0, 1) of the generated weights")
+    if 0 < params < 1:
+        return max(1, round(float(params) * total))
+    if float(params).is_integer():
         return int(params)
-    if isinstance(params, int):
-        return params
-    raise ValueError(f"params={params!r} is not an integer (use e.g. 100000 or 1e5)")
+    raise UserError("params", params, "is neither an integer nor a fraction in (0, 1)")
 
 
 def split_params(total: int, sizes: dict[str, int], scope: str) -> dict[str, int]:
@@ -109,12 +152,18 @@ def split_params(total: int, sizes: dict[str, int], scope: str) -> dict[str, int
         base[k] += 1
     empty = [k for k, n in base.items() if n == 0]
     if empty:
-        smallest = min(sizes.values())
-        need = -(-grand // smallest)
-        raise ValueError(f"params={total} leaves the {scope} ring {empty[0]!r} "
-                         f"({sizes[empty[0]]} weights) with 0 entries; scope={scope!r} needs "
-                         f"params >= {need} (or a coarser scope)")
+        need = -(-grand // min(sizes.values()))
+        raise UserError("params", total, f"leaves the {scope} ring {empty[0]!r} "
+                        f"({sizes[empty[0]]} weights) with 0 entries; scope={scope!r} needs "
+                        f"params >= {need} (or a coarser scope)")
     return base
+
+
+def ring_seeds(seed: int, count: int) -> list[int]:
+    """One table seed per ring, drawn from `seed`: each ring's table can be rebuilt on its own
+    (after `to_empty`, on another device) without drawing the rings before it."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(2**62, (count,), generator=gen).tolist()
 
 
 def draw_index(sizes: list[int], n: int, sampling: str, sign: bool,

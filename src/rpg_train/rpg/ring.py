@@ -1,105 +1,112 @@
 """A ring: the trainable vector that generates a group of layers' weights, and the swap
 that makes those layers read their `weight` from it.
 
-Forward: vectorised gathers from `cat(ring, -ring)` through an int32 table (4 bytes per
-generated weight), one per layer, each scaled in place. One gather per layer rather than one
-per ring: the layers come out as separate tensors, so backward needs no flat copy of all
-gradients (ResNet18, 11.2 M weights, CPU: forward+backward 45 ms instead of 72 ms).
-Backward, deterministic by construction: on the CPU `index_add_` runs serially; on other
-devices (where it would use atomics) an inverse table, built once from the forward table
-by a stable sort, turns the scatter-add into a gather plus a fixed-order sum.
+Forward: every access to a generated layer's `weight` gathers it from `cat(ring, -ring)`
+through the layer's slice of an int32 table (4 bytes per generated weight) and scales it.
+Nothing is cached outside `cached(model)`, so a weight is never stale, whatever changed the
+ring (fused optimizers, `.data`, `load_state_dict`), and every forward builds its own graph.
+Backward, deterministic by construction: on the CPU `index_add_` runs serially into a float32
+accumulator; on other devices (where it would use atomics) a per-layer inverse table, built
+once from the forward table, turns the scatter-add into a gather plus a fixed-order sum.
+The autograd graph holds only tensors and numbers, never the module, so a dropped model is
+freed at once.
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 
+from .plan import draw_index
 
-def inverse_table(index: torch.Tensor, n: int) -> list[torch.Tensor]:
-    """The inverse of the forward table: row j lists the positions entry j feeds, coded
-    `pos` (+) or `T + pos` (-); short rows are padded with `2T`, which points at a zero.
 
-    Returned as blocks of consecutive rows, each as wide as its widest row. Even and ring
-    sampling give the first `T mod n` entries one use more than the rest, so their rows split
-    into two exact blocks (no padding, 4 bytes per weight); other counts get one padded block.
+def inverse_blocks(index: torch.Tensor, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The inverse of one layer's forward table: for every ring entry the layer uses, the
+    positions it feeds, coded `pos` (+) or `M + pos` (-), M the layer's size.
+
+    Entries are grouped by how often the layer uses them, so each group is an exact
+    (entries, uses) block with no padding: [(entry ids, codes of shape (len(ids), uses))].
     """
-    total = index.numel()
+    m = index.numel()
     entry = (index % n).long()
-    code = torch.arange(total, device=index.device) + total * (index >= n).long()
+    code = torch.arange(m, device=index.device) + m * (index >= n).long()
+    code = code[torch.sort(entry, stable=True).indices]  # by entry, positions ascending
     counts = torch.bincount(entry, minlength=n)
-    code = torch.cat([code[torch.sort(entry, stable=True).indices],
-                      torch.tensor([2 * total], device=index.device)])  # by entry, then a pad
     starts = torch.cumsum(counts, 0) - counts
-    bounds = [0, n]
-    if bool((counts[1:] <= counts[:-1]).all()):
-        bounds[1:1] = (torch.nonzero(counts[1:] != counts[:-1]).flatten() + 1).tolist()
-    dtype = index.dtype if 2 * total < 2**31 else torch.long
+    dtype = torch.int32 if 2 * m < 2**31 else torch.long
     blocks = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        cols = torch.arange(int(counts[a:b].max()), device=index.device)
-        pick = torch.where(cols < counts[a:b, None], starts[a:b, None] + cols, total)
-        blocks.append(code[pick].to(dtype))
+    for uses in torch.unique(counts[counts > 0]).tolist():
+        ids = torch.nonzero(counts == uses).flatten()
+        pick = starts[ids, None] + torch.arange(uses, device=index.device)
+        blocks.append((ids, code[pick].to(dtype)))
     return blocks
 
 
-def ring_grad_serial(owner: "Ring", grads) -> torch.Tensor:
-    """The ring's gradient by scatter-add, layer by layer (CPU: `index_add_` runs serially,
-    so it is exact and deterministic, and the small ring stays in cache)."""
-    n = owner.weight.numel()
-    acc = owner.weight.new_zeros(2 * n)
-    for index, g, scale in zip(owner.layer_index(), grads, owner.scales):
-        if g is not None:
-            acc.index_add_(0, index, g.reshape(-1), alpha=scale)
+def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    # sums of many bf16/fp16 gradients lose digits: accumulate in float32 at least
+    return torch.promote_types(dtype, torch.float32)
+
+
+def grad_serial(index: torch.Tensor, g: torch.Tensor, n: int, scale: float) -> torch.Tensor:
+    """One layer's ring gradient by scatter-add (CPU: `index_add_` runs serially, so it is
+    exact and deterministic, and the small ring stays in cache)."""
+    acc = torch.zeros(2 * n, dtype=_accumulator_dtype(g.dtype), device=g.device)
+    acc.index_add_(0, index, g.reshape(-1).to(acc.dtype), alpha=scale)
     return acc[:n] - acc[n:]
 
 
-def ring_grad_inverse(owner: "Ring", grads) -> torch.Tensor:
-    """The ring's gradient by gather and fixed-order sum: deterministic without atomics."""
-    scaled = torch.cat([(g.reshape(-1) if g is not None else owner.weight.new_zeros(size)) * s
-                        for g, size, s in zip(grads, owner.sizes, owner.scales)])
-    ext = torch.cat([scaled, -scaled, scaled.new_zeros(1)])
-    return torch.cat([ext.index_select(0, block.view(-1)).view(block.shape).sum(1)
-                      for block in owner.inverse()])
+def grad_inverse(blocks, g: torch.Tensor, n: int, scale: float) -> torch.Tensor:
+    """One layer's ring gradient by gather and fixed-order sum: deterministic without atomics."""
+    flat = g.reshape(-1).to(_accumulator_dtype(g.dtype))
+    ext = torch.cat([flat, -flat]) * scale
+    out = ext.new_zeros(n)
+    for ids, codes in blocks:  # every entry id appears in one block once: no write races
+        out.index_copy_(0, ids, ext.index_select(0, codes.view(-1)).view(codes.shape).sum(1))
+    return out
 
 
-class _Generate(torch.autograd.Function):
-    """ring -> one weight tensor per layer: per layer a gather, then the scale in place while
-    the data is still in cache; no flat copy of all generated weights in either direction."""
-
-    @staticmethod
-    def forward(ctx, ring, owner):
-        ctx.set_materialize_grads(False)
-        ctx.owner = owner
-        ext = torch.cat([ring, -ring])
-        return tuple(ext.index_select(0, index).mul_(scale).view(shape) for index, scale, shape
-                     in zip(owner.layer_index(), owner.scales, owner.shapes))
+class _Gather(torch.autograd.Function):
+    """ring -> one layer's weight: a gather through the table, then the scale in place."""
 
     @staticmethod
-    def backward(ctx, *grads):
-        if ctx.owner.index.device.type == "cpu":
-            return ring_grad_serial(ctx.owner, grads), None
-        return ring_grad_inverse(ctx.owner, grads), None
+    def forward(ctx, ring, index, scale, shape, blocks):
+        ctx.save_for_backward(index)
+        ctx.n, ctx.scale, ctx.blocks = ring.numel(), scale, blocks
+        return torch.cat([ring, -ring]).index_select(0, index).mul_(scale).view(shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        (index,) = ctx.saved_tensors
+        if ctx.blocks is None:
+            grad = grad_serial(index, g, ctx.n, ctx.scale)
+        else:
+            grad = grad_inverse(ctx.blocks, g, ctx.n, ctx.scale)
+        return grad.to(g.dtype), None, None, None, None
 
 
 class Ring(nn.Module):
-    """One ring of `size` entries generating the layers `paths` (weights of `shapes`)."""
+    """One ring of `size` entries generating the layers `paths` (weights of `shapes`).
 
-    def __init__(self, size: int, index: torch.Tensor, paths: list[str],
-                 shapes: list[tuple[int, ...]], fan_outs: list[int], device=None, dtype=None):
+    The table is a pure function of (sizes, size, sampling, sign, table_seed): it is drawn
+    when first needed on the ring's device and never saved. `fan_ref` is the network-wide
+    reference fan-out (the same for every ring of a model, see `apply_rpg`).
+    """
+
+    def __init__(self, size: int, paths: list[str], shapes: list[tuple[int, ...]],
+                 fan_outs: list[int], fan_ref: int, sampling: str, sign: bool,
+                 table_seed: int, device=None, dtype=None):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(size, device=device, dtype=dtype))
-        # plain attributes, not buffers: nothing to checkpoint (rebuilt from the seed) and
-        # nothing for DDP to broadcast every step; `_apply` moves them with the module
-        self.index = index.to(device)
-        self._inverse = None
         self.paths, self.shapes = list(paths), [tuple(s) for s in shapes]
         self.sizes = [math.prod(s) for s in self.shapes]
-        self.fan_ref = max(fan_outs)
-        # each layer starts at its own Kaiming fan-out std; see RPG.md, "Scale"
-        self.scales = [math.sqrt(self.fan_ref / f) for f in fan_outs]
-        self._cache, self._cache_key = None, None
+        self.sampling, self.sign, self.table_seed = sampling, sign, table_seed
+        self.fan_ref = fan_ref
+        # each layer starts at its own Kaiming fan-out std, with one reference for the network
+        self.scales = [math.sqrt(fan_ref / f) for f in fan_outs]
+        self._index = self._slices = self._inverse = None  # derived from the recipe
+        self._caching, self._cache = 0, {}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -108,49 +115,104 @@ class Ring(nn.Module):
 
     @property
     def generated(self) -> int:
-        return self.index.numel()
+        return sum(self.sizes)
+
+    def draw_table(self, device="cpu") -> torch.Tensor:
+        """The forward table, drawn afresh from the recipe."""
+        gen = torch.Generator().manual_seed(self.table_seed)
+        return draw_index(self.sizes, self.weight.numel(), self.sampling, self.sign,
+                          gen).to(device)
+
+    @property
+    def index(self) -> torch.Tensor:
+        """The forward table on the ring's device (drawn on first use)."""
+        if self.weight.is_meta:
+            raise RuntimeError("the ring is on the meta device; move the model to a real "
+                               "device first (to_empty(device=...))")
+        if self._index is None:
+            self._index = self.draw_table(self.weight.device)
+        return self._index
+
+    def layer_index(self) -> list[torch.Tensor]:
+        """The forward table cut into each layer's slice (views, no copies)."""
+        if self._slices is None or self._slices[0].data_ptr() != self.index.data_ptr():
+            self._slices = list(self.index.split(self.sizes))
+        return self._slices
+
+    def inverse(self, position: int):
+        """The inverse blocks of one layer (built once per device, for the gather backward)."""
+        if self._inverse is None:
+            self._inverse = [None] * len(self.sizes)
+        if self._inverse[position] is None:
+            self._inverse[position] = inverse_blocks(self.layer_index()[position],
+                                                     self.weight.numel())
+        return self._inverse[position]
 
     def table_bytes(self) -> int:
         """Memory the generator keeps besides the ring itself."""
-        blocks = self._inverse or []
-        return sum(t.numel() * t.element_size() for t in [self.index, *blocks])
+        tensors = [self._index] if self._index is not None else []
+        for blocks in self._inverse or []:
+            tensors += [t for pair in blocks or [] for t in pair]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
-    def layer_index(self) -> tuple[torch.Tensor, ...]:
-        """The forward table cut into each layer's slice (views, no copies)."""
-        return self.index.split(self.sizes)
-
-    def inverse(self) -> list[torch.Tensor]:
-        if self._inverse is None or self._inverse[0].device != self.index.device:
-            self._inverse = inverse_table(self.index, self.weight.numel())
-        return self._inverse
-
-    def invalidate(self) -> None:
-        self._cache = None
-
-    def weights(self) -> list[torch.Tensor]:
-        """The generated weights, one per layer; reused while the ring is unchanged."""
+    def generate(self, position: int) -> torch.Tensor:
+        """The generated weight of layer `position`: made on every call, reused only inside
+        `cached(model)`."""
         w = self.weight
-        key = (w._version, w.data_ptr(), w.dtype, w.device, torch.is_grad_enabled())
-        if self._cache is None or self._cache_key != key:
-            self._cache = list(_Generate.apply(w, self))
-            self._cache_key = key
-        return self._cache
+        if self._caching:
+            key = (torch.is_grad_enabled(), w._version, w.data_ptr(), w.dtype)
+            hit = self._cache.get(position)
+            if hit is not None and hit[0] == key:
+                return hit[1]
+        index = self.layer_index()[position]
+        needs_grad = torch.is_grad_enabled() and w.requires_grad
+        blocks = self.inverse(position) if needs_grad and index.device.type != "cpu" else None
+        out = _Gather.apply(w, index, self.scales[position], self.shapes[position], blocks)
+        if self._caching:
+            self._cache[position] = (key, out)
+        return out
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        self.index = fn(self.index)
-        self._inverse = None
-        self._cache = None
+        # the table never goes through `fn`: `to_empty` would replace it with garbage.
+        # It follows the ring to its device; from or to the meta device it is drawn again.
+        index = self._index
+        if index is not None and index.device != self.weight.device:
+            meta = index.is_meta or self.weight.is_meta
+            self._index = None if meta else index.to(self.weight.device)
+        self._slices = self._inverse = None
+        self._cache = {}
         return self
 
+    def _replicate_for_data_parallel(self):
+        raise RuntimeError("nn.DataParallel cannot replicate an RPG model: its layers read "
+                           "their weights from the ring on the source device. Use "
+                           "DistributedDataParallel (torchrun --nproc_per_node=N) instead.")
+
     def __getstate__(self):
-        # the cache may hold autograd graph nodes, which deepcopy and pickle refuse
+        # cached weights may hold autograd graph nodes, which deepcopy and pickle refuse
         state = self.__dict__.copy()
-        state["_cache"], state["_inverse"] = None, None
+        state["_cache"], state["_caching"], state["_inverse"], state["_slices"] = {}, 0, None, None
         return state
 
     def extra_repr(self) -> str:
         return f"size={self.weight.numel()}, generated={self.generated}, layers={len(self.paths)}"
+
+
+@contextmanager
+def cached_rings(rings):
+    """Inside, each generated weight is made once and reused while its ring is unchanged
+    (like torch.nn.utils.parametrize.cached). Only for code that does not edit the ring
+    through `.data` or a fused optimizer in between: evaluation loops."""
+    for ring in rings:
+        ring._caching += 1
+    try:
+        yield
+    finally:
+        for ring in rings:
+            ring._caching -= 1
+            if not ring._caching:
+                ring._cache = {}
 
 
 _GENERATED_CLASSES: dict[type, type] = {}
@@ -158,7 +220,7 @@ _GENERATED_CLASSES: dict[type, type] = {}
 
 def _generated_weight(module):
     ring, position = module.__dict__["_rpg_source"]
-    return ring.weights()[position]
+    return ring.generate(position)
 
 
 def generated_class(base: type) -> type:
@@ -197,10 +259,9 @@ def is_generated(module: nn.Module) -> bool:
     return "_rpg_source" in module.__dict__
 
 
-def make_plain(module: nn.Module) -> None:
-    """Undo `make_generated`: the weight becomes an ordinary Parameter again (same key
-    order in state_dict as the original layer: weight first)."""
-    weight = nn.Parameter(_generated_weight(module).detach().clone())
+def make_plain(module: nn.Module, weight: nn.Parameter) -> None:
+    """Undo `make_generated`: `weight` becomes the module's ordinary Parameter again (same
+    key order in state_dict as the original layer: weight first)."""
     module.__class__ = module.__class__.__bases__[0]
     del module.__dict__["_rpg_source"]
     rest = dict(module._parameters)
@@ -210,21 +271,9 @@ def make_plain(module: nn.Module) -> None:
 
 
 class RingBank(nn.ModuleDict):
-    """The model's rings, registered as one child module `rpg_rings`. Its forward passes its
-    input through, so a root `nn.Sequential`, which calls every child, is unaffected."""
+    """The model's rings, registered as the model's first child `rpg_rings`, so the usual
+    `nn.Sequential(*list(model.children())[:-1])` keeps them. Its forward passes its input
+    through, so a root `nn.Sequential`, which calls every child, is unaffected."""
 
     def forward(self, x):
         return x
-
-
-class NewForwardHook:
-    """Forward pre-hook on the root model: with autograd on, every forward needs its own
-    graph from the rings, so drop the cached weights; without it the cache stays valid."""
-
-    def __init__(self, rings: nn.ModuleDict):
-        self.rings = rings
-
-    def __call__(self, module, args):
-        if torch.is_grad_enabled():
-            for ring in self.rings.values():
-                ring.invalidate()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import UserError
+
 
 class _PadShortcut(nn.Module):
     def __init__(self, stride: int, extra: int):
@@ -48,9 +50,9 @@ class CifarResNet(nn.Module):
                  shortcut: str = "A"):
         super().__init__()
         if (depth - 2) % 6 != 0:
-            raise ValueError(f"depth={depth} is not 6n+2 (20, 32, 44, 56, 110, ...)")
+            raise UserError("depth", depth, "is not 6n+2 (20, 32, 44, 56, 110, ...)")
         if shortcut not in ("A", "B"):
-            raise ValueError(f"shortcut={shortcut!r} is not one of: A, B")
+            raise UserError("shortcut", shortcut, "is not one of: A, B")
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_chans, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)

@@ -1,4 +1,4 @@
-"""Shared helpers: compose the app's config without the command line."""
+"""Shared fixtures: the app's config composed without the command line."""
 from pathlib import Path
 
 import pytest
@@ -10,8 +10,13 @@ from rpg_train.config import register
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 register()
 
+# a two-step run on random tensors: what most engine tests start from
+QUICK = ["data=synthetic", "data.num_train=64", "data.num_val=32", "data.batch_size=16",
+         "data.image_size=16", "trainer.epochs=1", "trainer.progress=false",
+         "trainer.device=cpu", "rpg.params=2000"]
 
-def compose_cfg(overrides=(), out_dir=None):
+
+def _compose(overrides=(), out_dir=None):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("config", overrides=list(overrides))
@@ -20,14 +25,16 @@ def compose_cfg(overrides=(), out_dir=None):
     return cfg
 
 
-# a two-step run on random tensors: what most engine tests start from
-QUICK = ["data=synthetic", "data.num_train=64", "data.num_val=32", "data.batch_size=16",
-         "data.image_size=16", "trainer.epochs=1", "trainer.progress=false",
-         "trainer.device=cpu", "rpg.params=2000"]
+@pytest.fixture
+def compose_cfg():
+    """compose_cfg(overrides, out_dir=None): the config `python -m rpg_train <overrides>`
+    would run with."""
+    return _compose
 
 
 @pytest.fixture
 def quick_cfg(tmp_path):
+    """quick_cfg(*overrides, out="run"): QUICK plus overrides, writing to tmp_path/out."""
     def make(*overrides, out="run"):
-        return compose_cfg([*QUICK, *overrides], out_dir=tmp_path / out)
+        return _compose([*QUICK, *overrides], out_dir=tmp_path / out)
     return make

@@ -14,9 +14,9 @@ SMALL = ["data=synthetic", "data.num_train=64", "data.num_val=32", "data.batch_s
          "data.image_size=16", "trainer.epochs=1", "trainer.device=cpu", "rpg.params=2000"]
 
 
-def app(*args, **kw):
+def app(*args, module="rpg_train", **kw):
     env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "-m", "rpg_train", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300, **kw)
 
 
@@ -38,7 +38,9 @@ def _error_line(proc):
 def test_bad_values_fail_with_one_line_before_training(tmp_path):
     cases = {
         "model.name=resnet19": "model.name='resnet19' is not a known model",
-        "rpg.params=0": "rpg.params=0.0 must be a positive integer",
+        "rpg.params=0": "rpg.params=0 is out of range",
+        "rpg.params=2.5": "rpg.params=2.5 is neither an integer nor a fraction in (0, 1)",
+        "optim.name=lamb": "optim.name='lamb' is not valid; choose one of: sgd, adamw",
         "rpg.params=1e9": "rpg.params=1000000000 is out of range",
         f"trainer.resume={tmp_path}/none.pt": f"trainer.resume='{tmp_path}/none.pt' does not exist",
     }
@@ -47,6 +49,56 @@ def test_bad_values_fail_with_one_line_before_training(tmp_path):
         assert proc.returncode == 2, (override, proc.stderr)
         assert message in _error_line(proc)
         assert not (tmp_path / "run" / "last.pt").exists()
+
+
+HOSTILE = """
+import os, sys, torch
+from rpg_train.engine.checkpoint import REQUIRED
+
+class Payload:  # unpickling it would create the marker file
+    def __reduce__(self):
+        return os.system, ("touch " + sys.argv[2],)
+
+torch.save(dict.fromkeys(REQUIRED, 0) | {"config": Payload()}, sys.argv[1])
+"""
+
+
+def test_a_hostile_checkpoint_is_refused_by_resume_and_evaluate(tmp_path):
+    evil, marker = tmp_path / "evil.pt", tmp_path / "ran"
+    subprocess.run([sys.executable, "-c", HOSTILE, str(evil), str(marker)], check=True)
+    reason = ("is not a safe rpg_train checkpoint: it holds objects other than tensors and "
+              "plain containers (posix.system); refused without running them")
+    proc = app(*SMALL, f"trainer.resume={evil}", f"hydra.run.dir={tmp_path}/run")
+    assert proc.returncode == 2, proc.stderr
+    assert _error_line(proc).endswith(f"error: trainer.resume='{evil}' {reason}")
+    proc = app(f"ckpt={evil}", module="rpg_train.evaluate")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [f"error: ckpt='{evil}' {reason}"]
+    assert not marker.exists()
+
+
+BROKEN = """
+import sys
+import rpg_train.engine.train  # noqa: F401 (the module, for the patch below)
+from rpg_train.__main__ import main
+
+def build_optimizer(*args, **kw):
+    raise ValueError("a bug in build_optimizer")
+
+sys.modules["rpg_train.engine.train"].build_optimizer = build_optimizer
+sys.argv = ["rpg_train", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_bug_exits_1_with_its_traceback_not_the_user_error_line(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run([sys.executable, "-c", BROKEN, *SMALL, f"hydra.run.dir={tmp_path}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert "ValueError: a bug in build_optimizer" in proc.stderr
+    assert "error: " not in proc.stderr + proc.stdout
 
 
 def test_compose_errors_come_from_hydra(tmp_path):
@@ -71,12 +123,12 @@ def test_sigterm_saves_last_and_resume_matches_an_uninterrupted_run(tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, out
     assert "interrupted (SIGTERM)" in out and "trainer.resume=auto" in out
-    cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     assert cut["epoch"] == 1 and cut["batch"] < per_epoch
     assert cut["step"] == per_epoch + cut["batch"]
     assert app(*args, "trainer.resume=auto", f"hydra.run.dir={tmp_path}/cut").returncode == 0
-    a = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     full = json.loads((tmp_path / "full" / "results.json").read_text())
     resumed = json.loads((tmp_path / "cut" / "results.json").read_text())
@@ -93,5 +145,5 @@ def test_torchrun_ddp_on_two_cpu_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["steps"] == 2 * (64 // 2 // 16)  # each rank sees half of every epoch
-    ckpt = torch.load(tmp_path / "last.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     assert len(ckpt["rng"]) == 2 and ckpt["epoch"] == 2

@@ -12,6 +12,7 @@ import data_fixtures as fx  # noqa: E402
 from rpg_train.data import DATASETS, build_loaders, dataset_info  # noqa: E402
 from rpg_train.data import datasets as ds  # noqa: E402
 from rpg_train.data.transforms import MEAN_STD, crop_flip, random_crop_flip  # noqa: E402
+from rpg_train.errors import UserError  # noqa: E402
 
 SYSTEM_FMNIST = "/usr/share/datasets/fashion-mnist"
 
@@ -53,9 +54,10 @@ def test_idx_bad_magic_names_file(tmp_path):
     raw = bytearray(bad.read_bytes())
     raw[3] = 4  # 2051 -> 2052
     bad.write_bytes(bytes(raw))
-    with pytest.raises(ValueError, match="train-images-idx3-ubyte"):
+    with pytest.raises(UserError, match=f"^data.root='{tmp_path}' holds a bad file "
+                                        "train-images-idx3-ubyte: idx magic number 2052"):
         ds.load_idx_dir(str(tmp_path))
-    with pytest.raises(ValueError, match="magic"):
+    with pytest.raises(UserError, match="magic"):
         ds.read_idx(bad, 2051)
 
 
@@ -154,31 +156,32 @@ def test_dataset_info_table():
 
 
 def test_unknown_name():
-    with pytest.raises(ValueError, match="data.name='foo' is not a dataset; choose one of: fashion_mnist, mnist"):
+    with pytest.raises(UserError, match="data.name='foo' is not a dataset; choose one of: fashion_mnist, mnist"):
         dataset_info("foo")
-    with pytest.raises(ValueError, match="synthetic"):
+    with pytest.raises(UserError, match="synthetic"):
         build_loaders(make_cfg("foo"), "cpu", seed=0)
 
 
 @pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100", "imagenet"])
 def test_missing_data_errors(tmp_path, name):
     root = str(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError) as e:
+    with pytest.raises(UserError) as e:
         build_loaders(make_cfg(name, root), "cpu", seed=0)
-    assert f"data.root={root}" in str(e.value)
+    assert str(e.value).startswith(f"data.root='{root}' holds no ") and e.value.key == "data.root"
 
 
 def test_missing_fashion_mnist_hints(tmp_path, monkeypatch):
     monkeypatch.setattr(ds, "SYSTEM_FASHION_MNIST", str(tmp_path / "no-system"))
-    with pytest.raises(FileNotFoundError) as e:
+    with pytest.raises(UserError) as e:
         build_loaders(make_cfg("fashion_mnist", tmp_path / "r"), "cpu", seed=0)
     msg = str(e.value)
-    assert f"data.root={tmp_path / 'r'}" in msg and "apt-get install dataset-fashion-mnist" in msg
+    assert msg.startswith(f"data.root='{tmp_path / 'r'}' holds no fashion_mnist idx files")
+    assert "apt-get install dataset-fashion-mnist" in msg
     assert "data.download=true" in msg
 
 
 def test_batch_larger_than_data():
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(UserError, match="^data.batch_size=64 exceeds the 10 training samples"):
         build_loaders(make_cfg("synthetic", batch_size=64), "cpu", seed=0)
 
 

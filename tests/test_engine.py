@@ -1,14 +1,22 @@
 """train(cfg): every model family and scope, outputs, resume, evaluate, bad input."""
+import importlib
 import json
+import os
+import pickle
+import random
+import signal
 
+import numpy as np
 import pytest
 import torch
 
-from conftest import compose_cfg
-from rpg_train.config import ConfigError
-from rpg_train.engine import train
+from rpg_train.engine import Interrupted, checkpoint, train
 from rpg_train.engine.optim import lr_factor, param_groups
+from rpg_train.engine.signals import StopSignals
+from rpg_train.errors import UserError
 from rpg_train.evaluate import evaluate_checkpoint, main as evaluate_main
+
+engine_train = importlib.import_module("rpg_train.engine.train")  # the module, not train()
 from rpg_train.models import create_model
 from rpg_train.rpg import apply_rpg
 
@@ -51,7 +59,7 @@ def test_train_then_evaluate_gives_the_same_top1(quick_cfg, tmp_path, capsys):
 
 
 def _state(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _strip(rows):
@@ -76,17 +84,17 @@ def test_two_epochs_equal_one_then_resume(quick_cfg, tmp_path):
 def test_resume_refuses_other_model_ring_and_non_checkpoints(quick_cfg, tmp_path):
     train(quick_cfg())
     last = tmp_path / "run" / "last.pt"
-    with pytest.raises(ConfigError, match=r"trainer.resume='.*last.pt' is a checkpoint of a "
-                                          r"different rpg"):
+    with pytest.raises(UserError, match=r"trainer.resume='.*last.pt' is a checkpoint of a "
+                                        r"different rpg"):
         train(quick_cfg(f"trainer.resume={last}", "rpg.params=3000", out="other"))
-    with pytest.raises(ConfigError, match=r"different model"):
+    with pytest.raises(UserError, match=r"different model"):
         train(quick_cfg(f"trainer.resume={last}", "model.name=resnet32", out="other2"))
     junk = tmp_path / "junk.pt"
     junk.write_text("hello")
-    with pytest.raises(ConfigError, match=r"trainer.resume='.*junk.pt' is not a checkpoint"):
+    with pytest.raises(UserError, match=r"trainer.resume='.*junk.pt' is not a checkpoint"):
         train(quick_cfg(f"trainer.resume={junk}", out="other3"))
     torch.save({"model": {}}, tmp_path / "partial.pt")
-    with pytest.raises(ConfigError, match=r"is not an rpg_train checkpoint"):
+    with pytest.raises(UserError, match=r"is not an rpg_train checkpoint"):
         train(quick_cfg(f"trainer.resume={tmp_path / 'partial.pt'}", out="other4"))
 
 
@@ -97,14 +105,14 @@ def test_resume_refuses_other_model_ring_and_non_checkpoints(quick_cfg, tmp_path
 ])
 def test_ring_errors_name_the_key(quick_cfg, override, message):
     extra = ["rpg.params=5"] if override == "rpg.scope=layer" else []
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(UserError, match=message):
         train(quick_cfg(override, *extra))
 
 
-def test_missing_dataset_names_the_root(tmp_path):
+def test_missing_dataset_names_the_root(compose_cfg, tmp_path):
     cfg = compose_cfg(["data=mnist", f"data.root={tmp_path}", "data.download=false"],
                       out_dir=tmp_path / "run")
-    with pytest.raises(FileNotFoundError, match=f"data.root={tmp_path}"):
+    with pytest.raises(UserError, match=f"^data.root='{tmp_path}' holds no mnist idx files"):
         train(cfg)
 
 
@@ -140,3 +148,127 @@ def test_wandb_offline_writes_the_run(quick_cfg, tmp_path, monkeypatch):
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     run_id = (tmp_path / "run" / "wandb_id.txt").read_text().strip()
     assert runs[0].name.endswith(run_id)
+
+
+# ---------------------------------------------------------------- loading is not running code
+class _Payload:
+    """Unpickling this runs `touch <marker>`: what a hostile checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _hostile_checkpoint(path, marker):
+    torch.save(dict.fromkeys(checkpoint.REQUIRED, 0) | {"config": _Payload(marker)}, path)
+    return path
+
+
+def test_the_hostile_payload_is_live(tmp_path):
+    """What unpickling the payload below would call really creates the marker."""
+    call, args = _Payload(tmp_path / "ran").__reduce__()
+    call(*args)
+    assert (tmp_path / "ran").exists()
+
+
+def test_a_pickled_payload_is_refused_without_running_it(quick_cfg, tmp_path, capsys):
+    marker = tmp_path / "ran"
+    evil = _hostile_checkpoint(tmp_path / "evil.pt", marker)
+    with pytest.raises(UserError) as info:
+        train(quick_cfg(f"trainer.resume={evil}"))
+    assert str(info.value) == (f"trainer.resume='{evil}' is not a safe rpg_train checkpoint: it "
+                               "holds objects other than tensors and plain containers "
+                               "(posix.system); refused without running them")
+    assert evaluate_main([f"ckpt={evil}"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"error: ckpt='{evil}' is not a safe rpg_train checkpoint: it holds objects "
+                   "other than tensors and plain containers (posix.system); refused without "
+                   "running them"]
+    assert not marker.exists()
+    with open(tmp_path / "evil2.pt", "wb") as f:  # a bare pickle, not torch's zip format
+        pickle.dump(_Payload(marker), f)
+    with pytest.raises(UserError, match=r"^ckpt='.*evil2.pt' is not a safe rpg_train"):
+        evaluate_checkpoint(tmp_path / "evil2.pt")
+    assert not marker.exists()
+
+
+def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.randn()  # numpy's cached gaussian is part of its state
+    checkpoint.save(tmp_path / "rng.pt", dict(rng=checkpoint.rng_state()))
+    first = (random.random(), np.random.randn(3).tolist(), torch.rand(3))
+    state = torch.load(tmp_path / "rng.pt", weights_only=True)["rng"]
+    checkpoint.set_rng_state(state)
+    again = (random.random(), np.random.randn(3).tolist(), torch.rand(3))
+    assert first[:2] == again[:2] and torch.equal(first[2], again[2])
+
+
+def test_checkpoints_load_with_weights_only(quick_cfg, tmp_path):
+    train(quick_cfg())
+    state = _state(tmp_path / "run" / "last.pt")
+    assert state["config"]["rpg"]["params"] == 2000 and state["identity"]["model"]["name"] == \
+        "resnet20"
+    assert isinstance(state["rng"][0]["numpy"]["keys"], torch.Tensor)
+
+
+def test_evaluate_refuses_a_missing_checkpoint_with_one_line(tmp_path, capsys):
+    assert evaluate_main([f"ckpt={tmp_path / 'none.pt'}"]) == 2
+    assert capsys.readouterr().err == f"error: ckpt='{tmp_path / 'none.pt'}' does not exist\n"
+
+
+def test_evaluate_overrides_are_typed(quick_cfg, tmp_path):
+    train(quick_cfg())
+    with pytest.raises(UserError, match=r"^model.nmae='x' is not valid: Key 'nmae' not in"):
+        evaluate_checkpoint(tmp_path / "run" / "last.pt", ["model.nmae=x"])
+
+
+# ---------------------------------------------------------------- bugs keep their traceback
+@pytest.mark.parametrize("error", [ValueError("a bug"), FileNotFoundError("a bug's file")])
+def test_a_bug_inside_training_is_not_a_user_error(quick_cfg, monkeypatch, error):
+    def broken(*args, **kw):
+        raise error
+
+    monkeypatch.setattr(engine_train, "build_optimizer", broken)
+    with pytest.raises(type(error)) as info:
+        train(quick_cfg())
+    assert info.value is error and not isinstance(info.value, UserError)
+
+
+# ---------------------------------------------------------------- stopping at the epoch's edge
+@pytest.mark.parametrize("when", ["last step", "after evaluation"])
+def test_a_stop_at_the_end_of_an_epoch_resumes_exactly(quick_cfg, tmp_path, monkeypatch, when):
+    full = train(quick_cfg("trainer.epochs=2", out="full"))
+    real = engine_train.Run.should_stop
+    fired = []
+
+    def stop_once(run):
+        at_edge = run.epoch == 0 and run.batch == run.batches_per_epoch
+        if at_edge and run.evaluated == (when == "after evaluation") and not fired:
+            fired.append(run.step)
+            run.stop.signum = signal.SIGTERM
+        return real(run)
+
+    monkeypatch.setattr(engine_train.Run, "should_stop", stop_once)
+    with pytest.raises(Interrupted, match="SIGTERM"):
+        train(quick_cfg("trainer.epochs=2", out="cut"))
+    cut = _state(tmp_path / "cut" / "last.pt")
+    assert fired and (cut["epoch"], cut["batch"]) == ((1, 0) if when == "after evaluation"
+                                                      else (0, full["steps"] // 2))
+    monkeypatch.setattr(engine_train.Run, "should_stop", real)
+    resumed = train(quick_cfg("trainer.epochs=2", "trainer.resume=auto", out="cut"))
+    assert resumed["final_top1"] == full["final_top1"] and resumed["steps"] == full["steps"]
+    rows = [(tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("full", "cut")]
+    assert _strip(map(json.loads, rows[0])) == _strip(map(json.loads, rows[1]))
+    a, b = _state(tmp_path / "full" / "last.pt"), _state(tmp_path / "cut" / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_stop_signals_set_a_flag_and_restore_the_handlers():
+    before = signal.getsignal(signal.SIGTERM)
+    with StopSignals() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.reason() == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is before

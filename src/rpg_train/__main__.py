@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -11,6 +10,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from .config import register
+from .errors import UserError
 
 register()
 log = logging.getLogger("rpg_train")
@@ -19,9 +19,6 @@ from .paths import CONF  # noqa: E402  conf/: the checkout's, or the copy a whee
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from omegaconf.errors import MissingMandatoryValue
-
-    from .config import ConfigError
     from .engine import Interrupted, train
 
     hc = HydraConfig.get()
@@ -31,8 +28,8 @@ def main(cfg: DictConfig) -> float | None:
             cfg.logger.group = str(hc.sweep.dir)  # one W&B group per sweep
     try:
         results = train(cfg)
-    except (ConfigError, FileNotFoundError, MissingMandatoryValue) as err:
-        log.error("error: %s", str(err).splitlines()[0])  # bad input: one line, no traceback
+    except UserError as err:  # bad input: one line; anything else is a bug with a traceback
+        log.error("error: %s", str(err).splitlines()[0])
         if hc.mode == RunMode.MULTIRUN:
             return None  # let the sweep's other jobs run
         sys.exit(2)

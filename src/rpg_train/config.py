@@ -1,5 +1,8 @@
 """The config schema (dataclasses in Hydra's ConfigStore, so every key's type is checked when
-the config is composed) and `validate`, which rejects bad values before any work starts."""
+the config is composed) and `validate`, which rejects bad values before any work starts.
+
+The schema holds every default; the YAML files in conf/ only change what their option selects.
+"""
 from __future__ import annotations
 
 import re
@@ -8,15 +11,16 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
+from .errors import UserError
 
-class ConfigError(ValueError):
-    """A bad config value; its message is one line naming the key and the value."""
+ConfigError = UserError  # the old name: a bad config value is a user error like any other
 
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet20"
+    name: str = "resnet20"  # a key of models.MODELS, or timm:<name>
     num_classes: Optional[int] = None  # null: from the dataset
     in_chans: Optional[int] = None  # null: from the dataset
     small_input: Optional[bool] = None  # null: from the dataset (CIFAR stem for small images)
@@ -25,10 +29,12 @@ class ModelConfig:
 
 @dataclass
 class RPGConfig:
-    scope: str = "network"  # network | stage | block | layer | none
-    params: float = 25000  # total ring size; float so that 1e5 works on the command line
+    scope: str = "network"  # rpg.SCOPES: network | stage | block | layer | none
+    # total ring size: an integer (float, so 1e5 works on the command line) or a fraction
+    # in (0, 1) of the weights the rings generate; apply_rpg checks it
+    params: float = 25000
     seed: int = 0  # seeds the index and sign tables
-    sampling: str = "even"  # even | ring | iid
+    sampling: str = "even"  # rpg.SAMPLINGS: even | ring | iid
     sign: bool = True
     share_stem: bool = False
     share_head: bool = False
@@ -36,7 +42,7 @@ class RPGConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "fashion_mnist"
+    name: str = "fashion_mnist"  # data.DATASETS
     root: Optional[str] = None  # null: ./data/<name>
     batch_size: int = 128  # per process
     eval_batch_size: int = 512
@@ -53,7 +59,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd | adamw
+    name: str = "sgd"  # engine.optim.OPTIMIZERS: sgd | adamw
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
@@ -64,7 +70,7 @@ class OptimConfig:
 
 @dataclass
 class SchedConfig:
-    name: str = "cosine"  # cosine | step | exp | constant
+    name: str = "cosine"  # engine.optim.SCHEDULES: cosine | step | exp | constant
     warmup_epochs: float = 0.0
     warmup_start: float = 0.1  # first warmup lr as a fraction of optim.lr
     min_lr: float = 0.0  # cosine floor
@@ -91,7 +97,7 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"  # none | wandb
+    name: str = "none"  # log.LOGGERS: none | wandb
     project: str = "rpg-train"
     entity: Optional[str] = None
     mode: str = "auto"  # auto (online with credentials, else offline) | online | offline | disabled
@@ -116,15 +122,25 @@ def register() -> None:
     ConfigStore.instance().store(name="config_schema", node=Config)
 
 
-CHOICES = {
-    "rpg.scope": ("network", "stage", "block", "layer", "none"),
-    "rpg.sampling": ("even", "ring", "iid"),
-    "optim.name": ("sgd", "adamw"),
-    "sched.name": ("cosine", "step", "exp", "constant"),
-    "trainer.amp": ("auto", "off", "bf16", "fp16"),
-    "logger.name": ("none", "wandb"),
-    "logger.mode": ("auto", "online", "offline", "disabled"),
-}
+def choices() -> dict:
+    """Every key with a fixed set of values, read from the registry that acts on it, so a
+    value the schema accepts is one the code can build (imported late: the registries import
+    this module)."""
+    from .data import DATASETS
+    from .engine.amp import AMP
+    from .engine.optim import OPTIMIZERS, SCHEDULES
+    from .log import LOGGERS, WANDB_MODES
+    from .rpg import SAMPLINGS, SCOPES
+
+    return {"rpg.scope": SCOPES, "rpg.sampling": SAMPLINGS, "data.name": DATASETS,
+            "optim.name": OPTIMIZERS, "sched.name": SCHEDULES, "trainer.amp": AMP,
+            "logger.name": LOGGERS, "logger.mode": WANDB_MODES}
+
+
+def check_choice(key: str, value, registry) -> None:
+    """The one message for a value outside its registry: key, value and the choices."""
+    if value not in registry:
+        raise UserError(key, value, "is not valid; choose one of: " + ", ".join(registry))
 
 
 def _get(cfg, dotted: str):
@@ -135,42 +151,38 @@ def _get(cfg, dotted: str):
 
 
 def validate(cfg) -> None:
-    """Reject bad values with one line naming the key and the value, before any work."""
-    from .data import DATASETS
+    """Reject bad values with one line naming the key and the value, before any work.
+    rpg.params is left to apply_rpg, the one place that knows how many weights a ring of
+    that size generates (it accepts integers >= 1 and fractions in (0, 1))."""
     from .models import available, is_available
 
-    for key, choices in CHOICES.items():
-        if _get(cfg, key) not in choices:
-            raise ConfigError(f"{key}={_get(cfg, key)!r} is not valid; choose one of: "
-                              + ", ".join(choices))
+    for key in sorted(OmegaConf.missing_keys(cfg) - {"out_dir"}):  # out_dir: set by the app
+        raise UserError(key, "???", "must be given")
+    for key, registry in choices().items():
+        check_choice(key, _get(cfg, key), registry)
     if not is_available(cfg.model.name):
-        raise ConfigError(f"model.name={cfg.model.name!r} is not a known model; choose one of: "
-                          + ", ".join(available()))
-    if cfg.data.name not in DATASETS:
-        raise ConfigError(f"data.name={cfg.data.name!r} is not a dataset; choose one of: "
-                          + ", ".join(DATASETS))
-    params = cfg.rpg.params
-    if cfg.rpg.scope != "none" and not (params >= 1 and float(params).is_integer()):
-        raise ConfigError(f"rpg.params={params!r} must be a positive integer (e.g. 20000 or 1e5)")
+        raise UserError("model.name", cfg.model.name, "is not a known model; choose one of: "
+                        + ", ".join(available()))
     for key in ("trainer.epochs", "data.batch_size", "data.eval_batch_size", "sched.step_size"):
         if _get(cfg, key) < 1:
-            raise ConfigError(f"{key}={_get(cfg, key)} must be at least 1")
+            raise UserError(key, _get(cfg, key), "must be at least 1")
     for key in ("trainer.max_steps", "trainer.limit_batches", "trainer.grad_clip",
                 "sched.warmup_epochs", "sched.min_lr", "optim.weight_decay", "data.num_workers"):
         if _get(cfg, key) < 0:
-            raise ConfigError(f"{key}={_get(cfg, key)} must not be negative")
+            raise UserError(key, _get(cfg, key), "must not be negative")
     for key in ("optim.lr", "sched.decay_epochs"):
         if _get(cfg, key) <= 0:
-            raise ConfigError(f"{key}={_get(cfg, key)} must be positive")
+            raise UserError(key, _get(cfg, key), "must be positive")
     if not 0 <= cfg.trainer.label_smoothing < 1:
-        raise ConfigError(f"trainer.label_smoothing={cfg.trainer.label_smoothing} must be in [0, 1)")
+        raise UserError("trainer.label_smoothing", cfg.trainer.label_smoothing,
+                        "must be in [0, 1)")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.trainer.device):
-        raise ConfigError(f"trainer.device={cfg.trainer.device!r} is not valid; use auto, cpu, "
-                          "cuda, cuda:N or mps")
+        raise UserError("trainer.device", cfg.trainer.device,
+                        "is not valid; use auto, cpu, cuda, cuda:N or mps")
     if cfg.data.root is not None and not Path(cfg.data.root).is_dir() and not cfg.data.download:
-        raise ConfigError(f"data.root={cfg.data.root!r} is not a directory (and data.download "
-                          "is false)")
+        raise UserError("data.root", cfg.data.root,
+                        "is not a directory (and data.download is false)")
     resume = cfg.trainer.resume
     if resume not in (None, "auto") and not Path(resume).is_file():
-        raise ConfigError(f"trainer.resume={resume!r} does not exist; give a checkpoint file "
-                          "or 'auto'")
+        raise UserError("trainer.resume", resume, "does not exist; give a checkpoint file "
+                        "or 'auto'")

@@ -2,49 +2,56 @@
 
 Rebuilds the model and the validation data from the config stored in the checkpoint (any
 `key=value` after ckpt overrides it), prints top-1/top-5 and the parameter report as JSON.
+The checkpoint is read with weights_only: a file that carries code is refused, not run.
 """
 from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 
-import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import Config, ConfigError, validate
-from .data import build_loaders, dataset_info
+from .config import Config, validate
 from .engine import checkpoint
-from .engine.build import build_model, identity
+from .engine.amp import amp_dtype, autocast_for
+from .engine.build import build
 from .engine.distributed import resolve_device
 from .engine.loop import evaluate as evaluate_loader
-from .engine.train import amp_dtype, autocast_for
-from .rpg import param_report
+from .errors import UserError
+
+
+def checkpoint_config(ckpt: checkpoint.Checkpoint, overrides=()):
+    """The checkpoint's config with the overrides, typed by the schema (a typo'd key fails)."""
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), ckpt.state["config"])
+    except OmegaConfBaseException as err:
+        raise ckpt.error(f"holds a config this version cannot read "
+                         f"({str(err).splitlines()[0]})") from None
+    for override in overrides:
+        key, eq, value = override.partition("=")
+        if not eq:
+            raise UserError("override", override, "is not key=value")
+        try:
+            cfg.merge_with(OmegaConf.from_dotlist([override]))
+        except OmegaConfBaseException as err:
+            raise UserError(key, value, f"is not valid: {str(err).splitlines()[0]}") from None
+    cfg.trainer.resume = None
+    return cfg
 
 
 def evaluate_checkpoint(path, overrides=()) -> dict:
     ckpt = checkpoint.load(path, key="ckpt")
-    try:  # the schema types the overrides: a typo'd key fails here
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), ckpt["config"],
-                              OmegaConf.from_dotlist(list(overrides)))
-    except OmegaConfBaseException as err:
-        raise ConfigError(str(err).splitlines()[0]) from None
-    cfg.trainer.resume = None
+    cfg = checkpoint_config(ckpt, overrides)
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
-    info = dataset_info(cfg.data.name, cfg.data)
-    model, spec = build_model(cfg, info)
-    checkpoint.check_identity(ckpt, identity(model, spec), path, key="ckpt")
-    model.load_state_dict(ckpt["model"])
-    model.to(device)
-    if cfg.trainer.channels_last:
-        model.to(memory_format=torch.channels_last)
-    _, val_loader = build_loaders(cfg.data, device, cfg.trainer.seed, with_train=False)
-    dtype = amp_dtype(cfg.trainer.amp, device)
-    metrics = evaluate_loader(model, val_loader, lambda: autocast_for(dtype, device),
+    built = build(cfg, device, ckpt=ckpt, with_train=False)
+    autocast = partial(autocast_for, amp_dtype(cfg.trainer.amp, device), device)
+    metrics = evaluate_loader(built.model, built.val_loader, autocast,
                               cfg.trainer.limit_batches, cfg.trainer.channels_last)
     return dict(top1=metrics["val_top1"], top5=metrics["val_top5"], loss=metrics["val_loss"],
-                epoch=ckpt["epoch"], param_report=param_report(model), checkpoint=str(path))
+                epoch=ckpt.state["epoch"], param_report=built.report, checkpoint=str(path))
 
 
 def main(argv=None) -> int:
@@ -55,7 +62,7 @@ def main(argv=None) -> int:
         return 2
     try:
         result = evaluate_checkpoint(ckpts[0], [a for a in args if not a.startswith("ckpt=")])
-    except (ConfigError, FileNotFoundError) as err:
+    except UserError as err:  # bad input: one line; anything else is a bug with a traceback
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UserError
+
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -33,6 +35,11 @@ def default_root(name: str, root) -> str:
 
 
 # ---------------------------------------------------------------- idx (MNISTs)
+def _bad_file(path: str, problem: str) -> UserError:
+    """A data file that cannot be used is the user's to fix: name the folder under data.root."""
+    return UserError("data.root", os.path.dirname(path), f"holds a bad file {problem}")
+
+
 def read_idx(path, expect_magic: int | None = None) -> np.ndarray:
     """Parse an idx file of unsigned bytes (optionally .gz) into a numpy array."""
     path = str(path)
@@ -41,19 +48,21 @@ def read_idx(path, expect_magic: int | None = None) -> np.ndarray:
         with opener(path, "rb") as f:
             buf = f.read()
     except (OSError, EOFError) as e:  # corrupt gzip stream
-        raise ValueError(f"cannot read idx file {path}: {e}") from e
+        raise _bad_file(path, f"{os.path.basename(path)} (cannot read it: {e})") from e
     if len(buf) < 4:
-        raise ValueError(f"idx file {path} is truncated ({len(buf)} bytes)")
+        raise _bad_file(path, f"{os.path.basename(path)}: idx file truncated ({len(buf)} bytes)")
     magic = int.from_bytes(buf[:4], "big")
     ndim = buf[3]
     # byte 2 = 0x08 is the unsigned-byte type code; nothing else is used by (Fashion-)MNIST
     if buf[0] != 0 or buf[1] != 0 or buf[2] != 0x08 or (expect_magic is not None and magic != expect_magic):
         want = expect_magic if expect_magic is not None else "0x0000080N"
-        raise ValueError(f"idx file {path} has bad magic number {magic} (expected {want})")
+        raise _bad_file(path, f"{os.path.basename(path)}: idx magic number {magic} "
+                              f"(expected {want})")
     header = 4 + 4 * ndim
     dims = tuple(int.from_bytes(buf[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     if len(buf) != header + int(np.prod(dims)):
-        raise ValueError(f"idx file {path}: size {len(buf)} does not match header dims {dims}")
+        raise _bad_file(path, f"{os.path.basename(path)}: idx size {len(buf)} does not match "
+                              f"header dims {dims}")
     return np.frombuffer(buf, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -86,13 +95,15 @@ def _idx_dir_files(directory: str) -> dict | None:
 def load_idx_dir(directory: str) -> dict:
     files = _idx_dir_files(directory)
     if files is None:
-        raise FileNotFoundError(f"no complete set of idx files in {directory}")
+        raise UserError("data.root", directory, "holds no complete set of idx files")
     out = {}
     for split, (img_path, lbl_path) in files.items():
         x = read_idx(img_path, IDX_IMAGES_MAGIC)
         y = read_idx(lbl_path, IDX_LABELS_MAGIC)
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise ValueError(f"idx files {img_path} / {lbl_path} disagree: images {x.shape}, labels {y.shape}")
+            raise _bad_file(img_path, f"pair {os.path.basename(img_path)} / "
+                            f"{os.path.basename(lbl_path)}: images {tuple(x.shape)}, labels "
+                            f"{tuple(y.shape)} disagree")
         out[split] = (torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64)))
     return out
 
@@ -118,8 +129,8 @@ def load_mnist_like(name: str, root, download: bool) -> dict:
     hint = "set data.download=true"
     if name == "fashion_mnist":
         hint = f"`apt-get install dataset-fashion-mnist` (installs {SYSTEM_FASHION_MNIST}) or " + hint
-    raise FileNotFoundError(
-        f"{name} idx files not found for data.root={root} (looked in: {looked}).{err} "
+    raise UserError(
+        "data.root", root, f"holds no {name} idx files (looked in: {looked}).{err} "
         f"To get the data: {hint}, or put the four idx files "
         f"({', '.join(IDX_FILES['train'] + IDX_FILES['test'])}, optionally .gz) in data.root."
     )
@@ -156,8 +167,8 @@ def load_cifar(name: str, root, download: bool) -> dict:
         except Exception as e:
             err = f" Download failed: {type(e).__name__}: {e}."
     if d is None:
-        raise FileNotFoundError(
-            f"{name} not found for data.root={root}: expected the python-pickle folder "
+        raise UserError(
+            "data.root", root, f"holds no {name}: expected the python-pickle folder "
             f"{os.path.join(root, folder)} ({', '.join(train_files + test_files)}).{err} "
             "Set data.download=true or extract the official CIFAR python archive into data.root."
         )
@@ -168,7 +179,8 @@ def load_cifar(name: str, root, download: bool) -> dict:
             p = os.path.join(d, f)
             b = _unpickle(p)
             if "data" not in b or label_key not in b:
-                raise ValueError(f"CIFAR file {p} lacks keys 'data'/'{label_key}' (has {sorted(b)})")
+                raise _bad_file(p, f"{f}: CIFAR file lacks keys 'data'/'{label_key}' "
+                                   f"(has {sorted(b)})")
             xs.append(np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(b[label_key], dtype=np.int64))
         out[split] = (torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)))
@@ -193,7 +205,8 @@ def imagenet_folder(root, split: str, classes: list[str]):
         def find_classes(self, directory):
             extra = {e.name for e in os.scandir(directory) if e.is_dir()} - set(classes)
             if extra:
-                raise ValueError(f"{directory} has class folders not in train: {sorted(extra)[:5]}")
+                raise UserError("data.root", root, f"has class folders in {split} that train "
+                                f"lacks: {sorted(extra)[:5]}")
             return list(classes), class_to_idx
 
     return _Folder(os.path.join(default_root("imagenet", root), split), allow_empty=True)

@@ -10,10 +10,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..errors import UserError
 from . import datasets as ds
 from .transforms import AUGMENT, MEAN_STD, normalize, random_crop_flip
 
-DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")
+DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")  # data.name
 _INFO = {
     "fashion_mnist": (1, 10, 28, True),
     "mnist": (1, 10, 28, True),
@@ -27,7 +28,7 @@ _PERM, _AUG, _SAMPLE, _WORKERS = 0, 1, 2, 3
 
 def _check_name(name) -> str:
     if name not in DATASETS:
-        raise ValueError(f"data.name={name!r} is not a dataset; choose one of: {', '.join(DATASETS)}")
+        raise UserError("data.name", name, f"is not a dataset; choose one of: {', '.join(DATASETS)}")
     return name
 
 
@@ -193,8 +194,8 @@ def _imagenet_loaders(cfg, device, seed, rank, world_size, with_train=True):
     root = ds.default_root("imagenet", getattr(cfg, "root", None))
     classes = ds.imagenet_classes(root)
     if not classes:
-        raise FileNotFoundError(
-            f"imagenet not found for data.root={root}: expected class folders under {root}/train "
+        raise UserError(
+            "data.root", root, f"holds no imagenet: expected class folders under {root}/train "
             f"(and {root}/val), torchvision ImageFolder layout; ImageNet cannot be downloaded automatically."
         )
     mean, std = MEAN_STD["imagenet"]
@@ -247,8 +248,8 @@ def build_loaders(cfg, device, seed: int, rank: int = 0, world_size: int = 1, wi
     if not with_train:
         return None, val
     if len(train) == 0:
-        raise ValueError(
-            f"data.batch_size={cfg.batch_size} exceeds the {train.n // world_size} training samples "
-            f"per process of {name}; the train loader would be empty"
+        raise UserError(
+            "data.batch_size", cfg.batch_size, f"exceeds the {train.n // world_size} training "
+            f"samples per process of {name}; the train loader would be empty"
         )
     return train, val

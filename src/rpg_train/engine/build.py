@@ -1,37 +1,56 @@
-"""Building the RPG model from the config (engine side of the rpg package)."""
+"""Building a run from the config: model (with RPG), checkpoint weights and data, one path for
+train and evaluate."""
 from __future__ import annotations
 
-from ..config import ConfigError
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+
+from ..data import build_loaders, dataset_info
+from ..errors import UserError
 from ..models import create_model
-from ..rpg import apply_rpg
+from ..rpg import apply_rpg, param_report
 from ..rpg.compact import tables_fingerprint
+from . import checkpoint
+
+
+@dataclass
+class Built:
+    model: nn.Module  # on the device, with the checkpoint's weights when one was given
+    spec: dict  # create_model's arguments
+    identity: dict  # what a checkpoint of this model must match
+    report: dict  # param_report, before any wrapping
+    train_loader: Any  # None when built without the training split
+    val_loader: Any
 
 
 def model_spec(cfg, info: dict) -> dict:
-    """create_model's arguments: the dataset fills what the config leaves null."""
+    """create_model's arguments: the dataset fills what the config leaves null. Plain
+    containers only, since the spec is saved in checkpoints (read with weights_only)."""
     m = cfg.model
     return dict(name=m.name,
                 num_classes=info["num_classes"] if m.num_classes is None else m.num_classes,
                 in_chans=info["in_chans"] if m.in_chans is None else m.in_chans,
                 small_input=info["small_input"] if m.small_input is None else m.small_input,
-                **dict(m.kwargs))
+                **OmegaConf.to_container(m.kwargs, resolve=True))
 
 
 def build_model(cfg, info: dict):
+    """The backbone with RPG applied; the library's argument errors get their config group."""
     spec = model_spec(cfg, info)
     try:
         model = create_model(**spec)
-    except TypeError as err:  # an unknown model.kwargs key
-        raise ConfigError(f"model.kwargs={dict(cfg.model.kwargs)} does not fit "
-                          f"{spec['name']}: {err}") from None
+    except UserError as err:  # name, kwargs, ...
+        raise err.under("model") from None
     r = cfg.rpg
     try:
         apply_rpg(model, r.scope, r.params, seed=r.seed, sampling=r.sampling, sign=r.sign,
                   share_stem=r.share_stem, share_head=r.share_head)
-    except ValueError as err:
-        # apply_rpg names its argument first ("params=0 is out of range ..."): add the group
-        msg = str(err)
-        raise ConfigError(msg if msg.startswith("apply_rpg") else f"rpg.{msg}") from None
+    except UserError as err:  # params, scope, sampling, ...
+        raise err.under("rpg") from None
     return model, spec
 
 
@@ -39,3 +58,22 @@ def identity(model, spec: dict) -> dict:
     """What a checkpoint must match to be loaded into this model: backbone, recipe, tables."""
     return dict(model=spec, rpg=getattr(model, "rpg_spec", None),
                 fingerprint=tables_fingerprint(model))
+
+
+def build(cfg, device: torch.device, *, ckpt: checkpoint.Checkpoint | None = None,
+          rank: int = 0, world_size: int = 1, with_train: bool = True) -> Built:
+    """Model and loaders as the config says. A checkpoint is checked against the model before
+    the data is touched, then its weights are loaded."""
+    info = dataset_info(cfg.data.name, cfg.data)
+    model, spec = build_model(cfg, info)
+    ident = identity(model, spec)
+    if ckpt is not None:
+        checkpoint.check_identity(ckpt, ident)
+        model.load_state_dict(ckpt.state["model"])
+    report = param_report(model)
+    model.to(device)
+    if cfg.trainer.channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_loader, val_loader = build_loaders(cfg.data, device, cfg.trainer.seed, rank,
+                                             world_size, with_train=with_train)
+    return Built(model, spec, ident, report, train_loader, val_loader)

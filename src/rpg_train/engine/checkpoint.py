@@ -1,20 +1,44 @@
-"""Checkpoints: written atomically, with everything needed to continue bit for bit."""
+"""Checkpoints: written atomically, with everything needed to continue bit for bit.
+
+A checkpoint holds only tensors, numbers, strings and plain containers, and is read with
+`torch.load(weights_only=True)`: loading a file is never running code, so a checkpoint from
+elsewhere cannot do anything but fail to load.
+"""
 from __future__ import annotations
 
 import os
+import pickle
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..config import ConfigError
+from ..errors import UserError
 
 REQUIRED = ("model", "optimizer", "scheduler", "epoch", "batch", "step", "identity", "config")
 
 
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint and where it came from (errors name `key=path`)."""
+
+    path: Path
+    key: str  # the config key that named the file: trainer.resume or ckpt
+    state: dict
+
+    def error(self, reason: str) -> UserError:
+        return UserError(self.key, str(self.path), reason)
+
+
 def rng_state() -> dict:
-    state = dict(python=random.getstate(), numpy=np.random.get_state(),
+    """Every RNG's state as tensors, numbers and lists (what weights_only loads)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = dict(python=[version, list(internal), gauss],
+                 numpy=dict(kind=kind, keys=torch.from_numpy(keys.astype(np.int64)), pos=pos,
+                            has_gauss=has_gauss, cached_gaussian=cached),
                  torch=torch.get_rng_state())
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -22,8 +46,11 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -39,22 +66,38 @@ def save(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def load(path, key: str = "trainer.resume") -> dict:
+def load(path, key: str = "trainer.resume") -> Checkpoint:
+    """Read a checkpoint without running any code it may carry; refuse anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(key, str(path), "does not exist")
     try:
-        # our own files: they hold Python/NumPy RNG states, which weights_only refuses
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # it asks for objects other than tensors and containers
+        raise UserError(key, str(path), "is not a safe rpg_train checkpoint: it holds objects "
+                        f"other than tensors and plain containers{_globals(path)}; refused "
+                        "without running them") from None
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one line
-        raise ConfigError(f"{key}={str(path)!r} is not a checkpoint ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0][:120]})") from None
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED):
-        raise ConfigError(f"{key}={str(path)!r} is not an rpg_train checkpoint (missing keys)")
-    return ckpt
+        raise UserError(key, str(path), f"is not a checkpoint ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:120]})") from None
+    if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
+        raise UserError(key, str(path), "is not an rpg_train checkpoint (missing keys)")
+    return Checkpoint(path, key, state)
 
 
-def check_identity(ckpt: dict, identity: dict, path, key: str = "trainer.resume") -> None:
+def _globals(path: Path) -> str:
+    """The Python objects the file would build, when torch can list them without loading."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - older torch, or not torch's zip format: no names
+        return ""
+    return f" ({', '.join(names[:3])})" if names else ""
+
+
+def check_identity(ckpt: Checkpoint, identity: dict) -> None:
     """Refuse a checkpoint of another backbone, ring or table draw."""
-    theirs = ckpt["identity"]
+    theirs = ckpt.state["identity"]
     for field in ("model", "rpg", "fingerprint"):
         if theirs.get(field) != identity.get(field):
-            raise ConfigError(f"{key}={str(path)!r} is a checkpoint of a different {field} "
-                              f"({theirs.get(field)} != this run's {identity.get(field)})")
+            raise ckpt.error(f"is a checkpoint of a different {field} ({theirs.get(field)} "
+                             f"!= this run's {identity.get(field)})")

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..log import progress
+from ..rpg import cached
 from .distributed import all_reduce_sum
 
 
@@ -39,20 +40,20 @@ class EpochSums:
         return loss / max(n, 1), 100.0 * correct / max(n, 1), int(n)
 
 
-def train_one_epoch(run, epoch: int, start_batch: int, sums: EpochSums) -> None:
-    """Train `run` for one epoch from batch `start_batch`. A stop request (SIGTERM, Ctrl-C)
-    is honoured between steps, so the saved state is always that of whole steps."""
+def train_one_epoch(run) -> None:
+    """Train `run` through its current epoch, from `run.batch` on (a resumed epoch starts
+    mid-way), adding to `run.sums`. A stop request (SIGTERM, Ctrl-C) is honoured between
+    steps by raising Interrupted, so the state to save is always that of whole steps."""
     model, opt, sched, scaler = run.model, run.optimizer, run.scheduler, run.scaler
     model.train()
-    loader = run.train_loader
-    loader.set_epoch(epoch, start_batch)
-    total = run.batches_per_epoch
-    bar = progress(loader, total - start_batch, f"epoch {epoch + 1}", run.show_progress)
+    loader, sums, start_batch = run.train_loader, run.sums, run.batch
+    loader.set_epoch(run.epoch, start_batch)
+    bar = progress(loader, run.batches_per_epoch - start_batch, f"epoch {run.epoch + 1}",
+                   run.show_progress)
     start = time.perf_counter()
-    batch = start_batch
     try:
         for x, y in bar:
-            if batch >= total or run.steps_exhausted():
+            if run.batch >= run.batches_per_epoch or run.steps_exhausted():
                 break
             if run.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -68,15 +69,14 @@ def train_one_epoch(run, epoch: int, start_batch: int, sums: EpochSums) -> None:
             opt.zero_grad(set_to_none=True)
             sched.step()
             sums.add(loss, logits.float(), y)
-            batch += 1
+            run.batch += 1
             run.step += 1
-            run.batch = batch
-            if batch % 20 == 0 and not bar.disable:
-                rate = (batch - start_batch) * x.shape[0] / (time.perf_counter() - start)
+            if run.batch % 20 == 0 and not bar.disable:
+                rate = (run.batch - start_batch) * x.shape[0] / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.3g}",
                                 img_s=f"{rate:.0f}")
             if run.should_stop():
-                raise Interrupted(run.stop_reason())
+                raise Interrupted(run.stop.reason())
     finally:
         sums.seconds += time.perf_counter() - start
         bar.close()
@@ -84,23 +84,27 @@ def train_one_epoch(run, epoch: int, start_batch: int, sums: EpochSums) -> None:
 
 @torch.no_grad()
 def evaluate(model, loader, autocast, limit: int = 0, channels_last: bool = False) -> dict:
-    """Loss, top-1 and top-5 (top-k capped at the class count) over the loader, all ranks."""
+    """Loss, top-1 and top-5 (top-k capped at the class count) over the loader, all ranks.
+    Each generated weight is made once for the whole pass (`cached`; it finds the rings
+    through a DDP or torch.compile wrapper too)."""
     model.eval()
     loader.set_epoch(0)
     t = None
-    for i, (x, y) in enumerate(loader):
-        if limit and i >= limit:
-            break
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            logits = model(x).float()
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, 1).indices
-        hit = top == y[:, None]
-        row = torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
-                           hit[:, 0].sum().double(), hit.any(1).sum().double(),
-                           torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device)])
-        t = row if t is None else t + row
+    with cached(model):
+        for i, (x, y) in enumerate(loader):
+            if limit and i >= limit:
+                break
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                logits = model(x).float()
+            k = min(5, logits.shape[1])
+            top = logits.topk(k, 1).indices
+            hit = top == y[:, None]
+            row = torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
+                               hit[:, 0].sum().double(), hit.any(1).sum().double(),
+                               torch.tensor(float(y.numel()), dtype=torch.float64,
+                                            device=y.device)])
+            t = row if t is None else t + row
     loss, top1, top5, n = all_reduce_sum(t).tolist()
     return dict(val_loss=loss / n, val_top1=100.0 * top1 / n, val_top5=100.0 * top5 / n)

@@ -6,6 +6,7 @@ import math
 import torch
 import torch.nn as nn
 
+from ..config import check_choice
 from ..rpg import Ring
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
@@ -34,27 +35,52 @@ def param_groups(model: nn.Module, weight_decay: float, wd_norm: bool) -> list[d
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.wd_norm)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+def _sgd(groups, cfg):
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+
+
+def _adamw(groups, cfg):
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+OPTIMIZERS = {"sgd": _sgd, "adamw": _adamw}  # optim.name -> builder(param groups, optim cfg)
+
+
+def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    check_choice("optim.name", cfg.name, OPTIMIZERS)
+    return OPTIMIZERS[cfg.name](param_groups(model, cfg.weight_decay, cfg.wd_norm), cfg)
+
+
+# After warmup, the multiplier of the base lr at fractional epoch t. Cosine is smooth; step
+# and exp change once per epoch, as the authors' schedule does.
+def _cosine(t, *, epochs, warmup_epochs, min_ratio, **_):
+    progress = min((t - warmup_epochs) / max(epochs - warmup_epochs, 1e-12), 1.0)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _step(t, *, step_size, gamma, **_):
+    return gamma ** (math.floor(t) // step_size)
+
+
+def _exp(t, *, decay_epochs, **_):
+    return 0.1 ** (math.floor(t) / decay_epochs)
+
+
+def _constant(t, **_):
+    return 1.0
+
+
+SCHEDULES = {"cosine": _cosine, "step": _step, "exp": _exp, "constant": _constant}  # sched.name
 
 
 def lr_factor(t: float, *, name: str, epochs: int, warmup_epochs: float, warmup_start: float,
               min_ratio: float, step_size: int, gamma: float, decay_epochs: float) -> float:
-    """The multiplier of the base lr at fractional epoch t (cosine and warmup are smooth;
-    step and exp change once per epoch, as the authors' schedule does)."""
+    """The multiplier of the base lr at fractional epoch t: linear warmup, then the schedule."""
+    check_choice("sched.name", name, SCHEDULES)
     if t < warmup_epochs:
         return warmup_start + (1 - warmup_start) * t / warmup_epochs
-    if name == "cosine":
-        progress = min((t - warmup_epochs) / max(epochs - warmup_epochs, 1e-12), 1.0)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    if name == "step":
-        return gamma ** (math.floor(t) // step_size)
-    if name == "exp":
-        return 0.1 ** (math.floor(t) / decay_epochs)
-    return 1.0
+    return SCHEDULES[name](t, epochs=epochs, warmup_epochs=warmup_epochs, min_ratio=min_ratio,
+                           step_size=step_size, gamma=gamma, decay_epochs=decay_epochs)
 
 
 def build_scheduler(cfg, base_lr: float, optimizer, epochs: int, steps_per_epoch: int):

@@ -1,6 +1,6 @@
 """Console progress, metrics.jsonl and Weights & Biases."""
 from .console import progress
 from .metrics import MetricsFile
-from .wandb_logger import WandbLogger
+from .wandb_logger import LOGGERS, WANDB_MODES, WandbLogger
 
-__all__ = ["progress", "MetricsFile", "WandbLogger"]
+__all__ = ["progress", "MetricsFile", "WandbLogger", "LOGGERS", "WANDB_MODES"]

@@ -8,6 +8,8 @@ import uuid
 from pathlib import Path
 
 log = logging.getLogger("rpg_train")
+LOGGERS = ("none", "wandb")  # logger.name
+WANDB_MODES = ("auto", "online", "offline", "disabled")  # logger.mode
 
 
 def has_credentials() -> bool:

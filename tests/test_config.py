@@ -68,6 +68,32 @@ def test_the_default_run_is_unchanged(compose_cfg):
     assert {k: v for k, v in cfg.items() if k != "out_dir"} == DEFAULT_RUN
 
 
+def test_trainer_gpu_is_a_hardware_profile_and_experiments_set_epochs(compose_cfg):
+    gpu = compose_cfg(["trainer=gpu"]).trainer
+    assert (gpu.device, gpu.amp, gpu.channels_last, gpu.epochs) == ("cuda", "bf16", True, 5)
+    for name in ("imagenet_r18", "imagenet_r34"):
+        t = compose_cfg([f"experiment={name}"]).trainer
+        assert (t.epochs, t.device, t.amp) == (90, "cuda", "bf16"), name
+    assert compose_cfg(["experiment=cifar10_r20"]).trainer.epochs == 100
+
+
+def _schema_default(group: str, key: str):
+    return getattr(getattr(Config(), group), key)
+
+
+@pytest.mark.parametrize("path", sorted(p for g in ("data", "logger", "model", "optim", "rpg",
+                                                    "sched", "trainer")
+                                        for p in (CONF / g).glob("*.yaml")),
+                         ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_option_files_change_only_what_they_select(path):
+    """Defaults live in the schema: an option file sets a key only to a value other than the
+    schema's (its selecting name/scope aside)."""
+    group, options = path.parent.name, OmegaConf.to_container(OmegaConf.load(path)) or {}
+    restated = [k for k, v in options.items() if k not in ("name", "scope")
+                and v == _schema_default(group, k)]
+    assert restated == []
+
+
 def test_experiment_overrides_groups(compose_cfg):
     cfg = compose_cfg(["experiment=imagenet_r34"])
     assert cfg.model.name == "resnet34" and cfg.rpg.params == 11160576

@@ -297,3 +297,30 @@ def test_val_only_loaders_skip_the_training_split(tmp_path, monkeypatch):
     train, val = build_loaders(make_cfg("imagenet", tmp_path, batch_size=2), "cpu", seed=0,
                                with_train=False)
     assert train is None and scanned == ["val"] and val.num_samples == 4
+
+
+class _Payload:
+    """Unpickling this would create a file: a crafted 'CIFAR batch'."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_cifar_pickle_is_refused_without_running_it(tmp_path):
+    import pickle
+
+    from rpg_train.errors import UserError
+
+    fx.write_cifar10(tmp_path, 3)
+    folder = tmp_path / "cifar-10-batches-py"
+    marker = tmp_path / "payload-ran"
+    with open(folder / "data_batch_2", "wb") as f:
+        pickle.dump({"data": _Payload(str(marker)), "labels": [0]}, f, protocol=2)
+    with pytest.raises(UserError, match=r"data.root='.*cifar-10-batches-py' holds a bad file "
+                                        r"data_batch_2 \(not a CIFAR pickle: refused to load "
+                                        r"io.open\)"):
+        build_loaders(make_cfg("cifar10", tmp_path), "cpu", seed=0)
+    assert not marker.exists()

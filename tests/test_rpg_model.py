@@ -181,6 +181,8 @@ def test_torch_save_of_the_whole_model_round_trips(tmp_path):
     model = apply_rpg(create_model("resnet20", 10), "block", 3000)
     model(torch.randn(2, 3, 8, 8)).sum().backward()
     torch.save(model, tmp_path / "m.pt")
+    # a whole pickled module can only load with weights_only=False: this test's own file.
+    # The project never loads files like this (checkpoints are weights_only=True).
     loaded = torch.load(tmp_path / "m.pt", weights_only=False).eval()
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():

@@ -137,9 +137,30 @@ def load_mnist_like(name: str, root, download: bool) -> dict:
 
 
 # ---------------------------------------------------------------- CIFAR
+# what the official CIFAR pickles need: numpy arrays and their dtypes, nothing that runs code
+_CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy", "ndarray"), ("numpy", "dtype"), ("copy_reg", "_reconstructor"),
+                  ("copyreg", "_reconstructor"), ("__builtin__", "object"), ("builtins", "object")}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Loads CIFAR's python pickles without importing anything else, so a crafted file
+    cannot run code."""
+
+    def find_class(self, module, name):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: str) -> dict:
     with open(path, "rb") as f:
-        d = pickle.load(f, encoding="bytes")
+        try:
+            d = _CifarUnpickler(f, encoding="bytes").load()
+        except (pickle.UnpicklingError, EOFError, ValueError) as e:
+            raise _bad_file(path, f"{os.path.basename(path)} (not a CIFAR pickle: {e})") from None
+    if not isinstance(d, dict):
+        raise _bad_file(path, f"{os.path.basename(path)} (not a CIFAR pickle: {type(d).__name__})")
     # the official files are py2 pickles (bytes keys); accept str keys as well
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
 

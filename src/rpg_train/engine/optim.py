@@ -14,7 +14,7 @@ _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalRe
 
 def param_groups(model: nn.Module, weight_decay: float, wd_norm: bool) -> list[dict]:
     """Explicit groups. Rings always get weight decay: they are 1-D, and the usual rule
-    "no decay for 1-D tensors" (timm, nanoGPT) would silently drop it (RPG.md, Pitfalls).
+    "no decay for 1-D tensors" (timm, nanoGPT) would silently drop it.
     Norm parameters and biases are decayed only with wd_norm."""
     ring, decay, no_decay = [], [], []
     seen = set()

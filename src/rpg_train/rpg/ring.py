@@ -135,7 +135,7 @@ class Ring(nn.Module):
 
     def layer_index(self) -> list[torch.Tensor]:
         """The forward table cut into each layer's slice (views, no copies)."""
-        if self._slices is None or self._slices[0].data_ptr() != self.index.data_ptr():
+        if self._slices is None:  # reset with the table, in _apply
             self._slices = list(self.index.split(self.sizes))
         return self._slices
 

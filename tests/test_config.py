@@ -45,11 +45,11 @@ def test_default_config_values(compose_cfg):
 # Fashion-MNIST, one ring of 25000, 5 epochs of SGD with 1 warmup epoch of cosine
 DEFAULT_RUN = {
     "model": dict(name="resnet20", num_classes=None, in_chans=None, small_input=None,
-                  kwargs={}),
+                  width=1.0, kwargs={}),
     "rpg": dict(scope="network", params=25000, seed=0, sampling="even", sign=True,
                 share_stem=False, share_head=False),
     "data": dict(name="fashion_mnist", root=None, batch_size=128, eval_batch_size=512,
-                 num_workers=8, download=True, augment=False, num_train=512, num_val=256,
+                 num_workers=8, download=True, augment=False, val_split=0, num_train=512, num_val=256,
                  in_chans=3, image_size=32, num_classes=10),
     "optim": dict(name="sgd", lr=0.1, momentum=0.9, nesterov=False, betas=[0.9, 0.999],
                   weight_decay=5e-4, wd_norm=False),
@@ -60,6 +60,9 @@ DEFAULT_RUN = {
                     limit_batches=0, resume=None, progress=True),
     "logger": dict(name="none", project="rpg-train", entity=None, mode="auto", group=None,
                    run_name=None, tags=[]),
+    # the equal-DoF baselines, off by default
+    "match": dict(width=None, model=None),
+    "prune": dict(init=None, params=None),
 }
 
 
@@ -188,7 +191,7 @@ def test_rpg_params_is_decided_by_apply_rpg_alone(compose_cfg, params):
 def test_rpg_params_fraction_is_a_share_of_the_generated_weights(compose_cfg):
     cfg = compose_cfg(["rpg.params=0.05"])
     validate(cfg)
-    model, _ = build_model(cfg, INFO)
+    model, _, _ = build_model(cfg, INFO)
     assert model.rpg_spec["params"] == round(0.05 * 267264)  # ResNet-20 generates 267264
 
 

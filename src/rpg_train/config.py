@@ -24,6 +24,7 @@ class ModelConfig:
     num_classes: Optional[int] = None  # null: from the dataset
     in_chans: Optional[int] = None  # null: from the dataset
     small_input: Optional[bool] = None  # null: from the dataset (CIFAR stem for small images)
+    width: float = 1.0  # channel multiplier (torchvision and CIFAR ResNets): the width baseline
     kwargs: Dict[str, Any] = field(default_factory=dict)  # more create_model arguments
 
 
@@ -41,6 +42,23 @@ class RPGConfig:
 
 
 @dataclass
+class MatchConfig:
+    """Equal-DoF baselines: with `width` set, the RPG ring (or the pruning target) is solved
+    so the trainable count equals that of the dense `model` (null: model.name) at channel
+    multiplier `width`; rpg.params (prune.params) is then ignored."""
+    width: Optional[float] = None
+    model: Optional[str] = None
+
+
+@dataclass
+class PruneConfig:
+    """The pruning baseline: a trained dense checkpoint, globally magnitude-pruned over the
+    weights RPG would generate, then fine-tuned for trainer.epochs (needs rpg=none)."""
+    init: Optional[str] = None  # the trained dense model's checkpoint; null = no pruning
+    params: Optional[float] = None  # non-zero weights kept (int or fraction); or match.width
+
+
+@dataclass
 class DataConfig:
     name: str = "fashion_mnist"  # data.DATASETS
     root: Optional[str] = None  # null: ./data/<name>
@@ -49,6 +67,9 @@ class DataConfig:
     num_workers: int = 8  # ImageNet only; small datasets live on the device
     download: bool = True
     augment: bool = True
+    # held-out training samples to pick the best epoch on (results' selected_top1), so the
+    # test set is not used for model selection; 0 = none (best_top1 is then picked on test)
+    val_split: int = 0
     # synthetic only
     num_train: int = 512
     num_val: int = 256
@@ -115,6 +136,8 @@ class Config:
     sched: SchedConfig = field(default_factory=SchedConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    match: MatchConfig = field(default_factory=MatchConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
     out_dir: str = "???"  # the run directory; the app sets it to Hydra's output dir
 
 
@@ -167,7 +190,8 @@ def validate(cfg) -> None:
         if _get(cfg, key) < 1:
             raise UserError(key, _get(cfg, key), "must be at least 1")
     for key in ("trainer.max_steps", "trainer.limit_batches", "trainer.grad_clip",
-                "sched.warmup_epochs", "sched.min_lr", "optim.weight_decay", "data.num_workers"):
+                "sched.warmup_epochs", "sched.min_lr", "optim.weight_decay", "data.num_workers",
+                "data.val_split"):
         if _get(cfg, key) < 0:
             raise UserError(key, _get(cfg, key), "must not be negative")
     for key in ("optim.lr", "sched.decay_epochs"):
@@ -182,7 +206,36 @@ def validate(cfg) -> None:
     if cfg.data.root is not None and not Path(cfg.data.root).is_dir() and not cfg.data.download:
         raise UserError("data.root", cfg.data.root,
                         "is not a directory (and data.download is false)")
+    _validate_baselines(cfg)
     resume = cfg.trainer.resume
     if resume not in (None, "auto") and not Path(resume).is_file():
         raise UserError("trainer.resume", resume, "does not exist; give a checkpoint file "
                         "or 'auto'")
+
+
+def _validate_baselines(cfg) -> None:
+    """model.width, match.* and prune.*: what the equal-DoF baselines need to be built."""
+    from .models import is_available
+
+    if not cfg.model.width > 0:
+        raise UserError("model.width", cfg.model.width, "must be a positive multiplier")
+    m, p = cfg.match, cfg.prune
+    if m.width is not None and not m.width > 0:
+        raise UserError("match.width", m.width, "must be a positive multiplier")
+    if m.model is not None and not is_available(m.model):
+        raise UserError("match.model", m.model, "is not a known model")
+    if p.init is None:
+        if p.params is not None:
+            raise UserError("prune.params", p.params, "needs prune.init (the trained dense "
+                            "checkpoint to prune)")
+        if m.width is not None and cfg.rpg.scope == "none":
+            raise UserError("match.width", m.width, "has nothing to solve: it sizes an RPG "
+                            "ring (rpg.scope != none) or a pruning target (prune.init)")
+        return
+    if cfg.rpg.scope != "none":
+        raise UserError("prune.init", p.init, "prunes a dense model: set rpg=none")
+    if not Path(p.init).is_file():
+        raise UserError("prune.init", p.init, "does not exist; give the dense run's last.pt")
+    if (p.params is None) == (m.width is None):
+        raise UserError("prune.params", p.params, "give exactly one of prune.params and "
+                        "match.width (the number of non-zero weights to keep)")

@@ -6,6 +6,8 @@ run resumed at epoch k sees exactly the batches an uninterrupted run would see.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -24,6 +26,7 @@ _INFO = {
 }
 # independent random streams derived from the same (seed, epoch, rank)
 _PERM, _AUG, _SAMPLE, _WORKERS = 0, 1, 2, 3
+_HOLDOUT_SEED = 20_200_611  # fixed: the held-out part never depends on the run's seed
 
 
 def _check_name(name) -> str:
@@ -218,13 +221,42 @@ def _eval_bs(cfg) -> int:
     return int(getattr(cfg, "eval_batch_size", None) or cfg.batch_size)
 
 
+class Loaders(NamedTuple):
+    train: Any  # None when built without the training split
+    val: Any  # the test split (ImageNet: its val folder), what the headline is measured on
+    holdout: Any = None  # data.val_split > 0: held-out training samples, to pick an epoch
+
+
+def holdout_split(images, labels, n: int, name: str):
+    """(train, held-out) parts of a training split: `n` samples chosen by a fixed seed, the
+    same for every run of the dataset, so runs with different seeds select on the same set."""
+    if not 0 < n < len(images):
+        raise UserError("data.val_split", n, f"must be in [0, {len(images) - 1}]: {name} "
+                        f"has {len(images)} training samples")
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(_HOLDOUT_SEED))
+    keep, held = perm[n:].sort().values, perm[:n].sort().values
+    return (images[keep], labels[keep]), (images[held], labels[held])
+
+
 def build_loaders(cfg, device, seed: int, rank: int = 0, world_size: int = 1, with_train: bool = True):
-    """(train_loader, val_loader) for cfg.name; see the package docstring for the contract.
-    with_train=False returns (None, val_loader), for evaluation."""
+    """(train_loader, val_loader) for cfg.name; see `build_data`."""
+    data = build_data(cfg, device, seed, rank, world_size, with_train)
+    return data.train, data.val
+
+
+def build_data(cfg, device, seed: int, rank: int = 0, world_size: int = 1,
+               with_train: bool = True) -> Loaders:
+    """The loaders for cfg.name; see the package docstring for the contract. with_train=False
+    leaves out the training split (and the held-out part), for evaluation."""
     name = _check_name(cfg.name)
     if not (world_size >= 1 and 0 <= rank < world_size):
         raise ValueError(f"bad rank={rank} for world_size={world_size}")
+    split = int(getattr(cfg, "val_split", 0) or 0)
+    holdout = None
     if name == "imagenet":
+        if split:
+            raise UserError("data.val_split", split, "is not supported for imagenet yet (only "
+                            "for the in-memory datasets); select on the val folder instead")
         train, val = _imagenet_loaders(cfg, device, seed, rank, world_size, with_train)
     else:
         root, download = getattr(cfg, "root", None), bool(getattr(cfg, "download", False))
@@ -232,24 +264,27 @@ def build_loaders(cfg, device, seed: int, rank: int = 0, world_size: int = 1, wi
         if name == "synthetic":
             info = dataset_info(name, cfg)
             shape = (info["in_chans"], info["image_size"], info["num_classes"])
-            tr = ds.make_synthetic(int(cfg.num_train), *shape, seed=ds.SYNTHETIC_SEED)
-            va = ds.make_synthetic(int(cfg.num_val), *shape, seed=ds.SYNTHETIC_SEED + 1)
-            train = DeviceLoader(*tr, batch_size=cfg.batch_size, train=True, **kw)
-            val = DeviceLoader(*va, batch_size=_eval_bs(cfg), train=False, **kw)
+            data = dict(train=ds.make_synthetic(int(cfg.num_train), *shape, seed=ds.SYNTHETIC_SEED),
+                        test=ds.make_synthetic(int(cfg.num_val), *shape, seed=ds.SYNTHETIC_SEED + 1))
+            aug = dict()
         else:
             load = ds.load_cifar if name.startswith("cifar") else ds.load_mnist_like
             data = load(name, root, download)
             mean, std = MEAN_STD[name]
             pad, flip = AUGMENT[name]
             kw.update(mean=mean, std=std)
-            train = DeviceLoader(*data["train"], batch_size=cfg.batch_size, train=True,
-                                 augment=bool(getattr(cfg, "augment", True)), pad=pad, flip=flip, **kw)
-            val = DeviceLoader(*data["test"], batch_size=_eval_bs(cfg), train=False, **kw)
+            aug = dict(augment=bool(getattr(cfg, "augment", True)), pad=pad, flip=flip)
+        train_data = data["train"]
+        if split and with_train:
+            train_data, held = holdout_split(*train_data, split, name)
+            holdout = DeviceLoader(*held, batch_size=_eval_bs(cfg), train=False, **kw)
+        train = DeviceLoader(*train_data, batch_size=cfg.batch_size, train=True, **aug, **kw)
+        val = DeviceLoader(*data["test"], batch_size=_eval_bs(cfg), train=False, **kw)
     if not with_train:
-        return None, val
+        return Loaders(None, val)
     if len(train) == 0:
         raise UserError(
             "data.batch_size", cfg.batch_size, f"exceeds the {train.n // world_size} training "
             f"samples per process of {name}; the train loader would be empty"
         )
-    return train, val
+    return Loaders(train, val, holdout)

@@ -9,12 +9,13 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from ..data import build_loaders, dataset_info
+from ..data import build_data, dataset_info
 from ..errors import UserError
 from ..models import create_model
 from ..rpg import apply_rpg, param_report
 from ..rpg.compact import tables_fingerprint
-from . import checkpoint
+from . import budget, checkpoint
+from .prune import load_init, pruned_report, prune_to
 
 
 @dataclass
@@ -22,9 +23,11 @@ class Built:
     model: nn.Module  # on the device, with the checkpoint's weights when one was given
     spec: dict  # create_model's arguments
     identity: dict  # what a checkpoint of this model must match
-    report: dict  # param_report, before any wrapping
+    report: dict  # param_report (pruned_report for the pruning baseline), before any wrapping
     train_loader: Any  # None when built without the training split
     val_loader: Any
+    prune: dict | None = None  # the pruning baseline: non-zero weights kept, init checkpoint
+    holdout_loader: Any = None  # data.val_split > 0: held-out training samples
 
 
 def model_spec(cfg, info: dict) -> dict:
@@ -35,29 +38,40 @@ def model_spec(cfg, info: dict) -> dict:
                 num_classes=info["num_classes"] if m.num_classes is None else m.num_classes,
                 in_chans=info["in_chans"] if m.in_chans is None else m.in_chans,
                 small_input=info["small_input"] if m.small_input is None else m.small_input,
+                **({} if m.width == 1 else {"width": m.width}),  # as create_model records it
                 **OmegaConf.to_container(m.kwargs, resolve=True))
 
 
 def build_model(cfg, info: dict):
-    """The backbone with RPG applied; the library's argument errors get their config group."""
+    """The backbone with RPG applied (or, for the pruning baseline, the trained dense model
+    pruned); the library's argument errors get their config group. Returns (model, spec,
+    prune_info), prune_info None unless pruning."""
     spec = model_spec(cfg, info)
     try:
         model = create_model(**spec)
-    except UserError as err:  # name, kwargs, ...
+    except UserError as err:  # name, kwargs, width, ...
         raise err.under("model") from None
-    r = cfg.rpg
+    r, p = cfg.rpg, cfg.prune
+    size = budget.solve(cfg, spec, model) if cfg.match.width is not None else None
+    if p.init is not None:
+        init_epochs = load_init(model, p.init, spec)
+        keep = prune_to(model, p.params if size is None else size, r.share_stem, r.share_head)
+        return model, spec, dict(nonzero=keep, init=p.init, init_epochs=init_epochs)
     try:
-        apply_rpg(model, r.scope, r.params, seed=r.seed, sampling=r.sampling, sign=r.sign,
-                  share_stem=r.share_stem, share_head=r.share_head)
+        apply_rpg(model, r.scope, r.params if size is None else size, seed=r.seed,
+                  sampling=r.sampling, sign=r.sign, share_stem=r.share_stem,
+                  share_head=r.share_head)
     except UserError as err:  # params, scope, sampling, ...
         raise err.under("rpg") from None
-    return model, spec
+    return model, spec, None
 
 
-def identity(model, spec: dict) -> dict:
-    """What a checkpoint must match to be loaded into this model: backbone, recipe, tables."""
+def identity(model, spec: dict, prune_info: dict | None = None) -> dict:
+    """What a checkpoint must match to be loaded into this model: backbone, recipe, tables,
+    and for a pruned model the number of weights kept."""
     return dict(model=spec, rpg=getattr(model, "rpg_spec", None),
-                fingerprint=tables_fingerprint(model))
+                fingerprint=tables_fingerprint(model),
+                prune=None if prune_info is None else prune_info["nonzero"])
 
 
 def build(cfg, device: torch.device, *, ckpt: checkpoint.Checkpoint | None = None,
@@ -65,15 +79,14 @@ def build(cfg, device: torch.device, *, ckpt: checkpoint.Checkpoint | None = Non
     """Model and loaders as the config says. A checkpoint is checked against the model before
     the data is touched, then its weights are loaded."""
     info = dataset_info(cfg.data.name, cfg.data)
-    model, spec = build_model(cfg, info)
-    ident = identity(model, spec)
+    model, spec, prune_info = build_model(cfg, info)
+    ident = identity(model, spec, prune_info)
     if ckpt is not None:
         checkpoint.check_identity(ckpt, ident)
         model.load_state_dict(ckpt.state["model"])
-    report = param_report(model)
+    report = param_report(model) if prune_info is None else pruned_report(model)
     model.to(device)
     if cfg.trainer.channels_last:
         model.to(memory_format=torch.channels_last)
-    train_loader, val_loader = build_loaders(cfg.data, device, cfg.trainer.seed, rank,
-                                             world_size, with_train=with_train)
-    return Built(model, spec, ident, report, train_loader, val_loader)
+    data = build_data(cfg.data, device, cfg.trainer.seed, rank, world_size, with_train=with_train)
+    return Built(model, spec, ident, report, data.train, data.val, prune_info, data.holdout)

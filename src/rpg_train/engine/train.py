@@ -72,6 +72,10 @@ class Run:
     best: float = -1.0
     elapsed0: float = 0.0  # seconds spent by the processes before a resume
     stop: StopSignals = field(default_factory=StopSignals)
+    prune: dict | None = None  # the pruning baseline's record (build.Built.prune)
+    holdout_loader: Any = None  # data.val_split > 0: the best epoch is picked on it
+    # the best held-out epoch so far: [held-out top-1, epoch (1-based), test top-1 then]
+    selected: list | None = None
 
     def __post_init__(self):
         self.resolved = OmegaConf.to_container(self.cfg, resolve=True)
@@ -133,6 +137,7 @@ class Run:
         self.scaler.load_state_dict(s["scaler"])
         self.start_epoch, self.start_batch, self.step = s["epoch"], s["batch"], s["step"]
         self.best, self.elapsed0, self.start_sums = s["best_top1"], s["elapsed"], s["sums"]
+        self.selected = s.get("selected")
         rng = s["rng"]
         checkpoint.set_rng_state(rng[self.dist.rank] if len(rng) == self.dist.world_size
                                  else rng[0])
@@ -185,6 +190,7 @@ def prepare(cfg, dist: Dist, out_dir: Path, t0: float) -> Run:
     run = Run(cfg, dist, out_dir, model, built.model, built.spec, built.identity, built.report,
               built.train_loader, built.val_loader, batches, optimizer, scheduler, scaler,
               dtype, t0)
+    run.prune, run.holdout_loader = built.prune, built.holdout_loader
     if ckpt is not None:
         run.resume_from(ckpt)
     return run
@@ -200,10 +206,9 @@ def fit(run: Run) -> dict:
             for epoch in range(run.start_epoch, cfg.trainer.epochs):
                 run.begin_epoch(epoch)
                 train_one_epoch(run)
-                val = evaluate(run.model, run.val_loader, run.autocast,
-                               cfg.trainer.limit_batches, run.channels_last)
+                val = evaluate_all(run)
                 row = logger.epoch(run, val)
-                save_epoch(run, val["val_top1"])
+                save_epoch(run, val)
                 if run.should_stop():  # asked during evaluation or saving
                     raise Interrupted(run.stop.reason())
                 if run.steps_exhausted():
@@ -214,10 +219,8 @@ def fit(run: Run) -> dict:
             logger.interrupted(run, stop)
             raise
     if row is None:  # resumed a finished run: nothing to train, report the model as it is
-        val = evaluate(run.model, run.val_loader, run.autocast, cfg.trainer.limit_batches,
-                       run.channels_last)
-        row = dict(epoch=run.start_epoch, **val)
-        run.best = max(run.best, val["val_top1"])
+        row = dict(epoch=run.start_epoch, **evaluate_all(run))
+        run.best = max(run.best, row["val_top1"])
     return logger.finish(run, row)
 
 
@@ -231,14 +234,32 @@ def save(run: Run, name: str) -> None:
             scheduler=run.scheduler.state_dict(), scaler=run.scaler.state_dict(),
             epoch=epoch, batch=batch, step=run.step, best_top1=run.best,
             elapsed=run.elapsed(), sums=sums, rng=rng, identity=run.identity,
-            config=run.resolved))
+            config=run.resolved, selected=run.selected))
     barrier()
 
 
-def save_epoch(run: Run, top1: float) -> None:
+def evaluate_all(run: Run) -> dict:
+    """Test metrics (val_*), and the held-out part's (heldout_*) when there is one."""
+    args = (run.autocast, run.cfg.trainer.limit_batches, run.channels_last)
+    val = evaluate(run.model, run.val_loader, *args)
+    if run.holdout_loader is not None:
+        held = evaluate(run.model, run.holdout_loader, *args)
+        val.update({k.replace("val_", "heldout_"): v for k, v in held.items()})
+    return val
+
+
+def save_epoch(run: Run, val: dict) -> None:
+    """last.pt always; best.pt when the selection metric improves: held-out top-1 when
+    data.val_split > 0, else test top-1 (optimistic, and labelled so in the results)."""
+    top1 = val["val_top1"]
     run.best, run.evaluated = max(run.best, top1), True
+    improved = run.best == top1
+    if "heldout_top1" in val:
+        improved = run.selected is None or val["heldout_top1"] > run.selected[0]
+        if improved:
+            run.selected = [val["heldout_top1"], run.epoch + 1, top1]
     save(run, "last.pt")
-    if run.best == top1:
+    if improved:
         save(run, "best.pt")
 
 
@@ -263,10 +284,10 @@ class RunLogger:
             OmegaConf.save(run.cfg, run.out_dir / "config.yaml", resolve=True)
             self.metrics = MetricsFile(run.out_dir / "metrics.jsonl", run.start_epoch)
         self.wandb = WandbLogger(run.cfg.logger, run.resolved, run.out_dir, enabled=self.main)
-        r = run.report
+        r, kind = run.report, "pruned" if run.prune else run.cfg.rpg.scope
         log.info("%s %s: ring %d, trainable %d, generated %d, dense %d (%.1fx) on %s",
-                 run.spec["name"], run.cfg.rpg.scope, r["ring"], r["trainable"],
-                 r["generated"], r["dense"], r["compression"], run.device)
+                 run.spec["name"], kind, r["ring"], r["trainable"], r["generated"], r["dense"],
+                 r["compression"], run.device)
 
     def epoch(self, run: Run, val: dict) -> dict:
         """One metrics row per epoch (the train sums' reduction is a collective)."""
@@ -276,10 +297,11 @@ class RunLogger:
                    images_per_sec=seen / max(run.sums.seconds, 1e-9), elapsed=run.elapsed())
         if self.main:
             self.metrics.write(row)
-            log.info("epoch %d/%d  loss %.4f  train %.2f%%  val %.2f%% (top-5 %.2f%%)  "
+            held = f"  held-out {val['heldout_top1']:.2f}%" if "heldout_top1" in val else ""
+            log.info("epoch %d/%d  loss %.4f  train %.2f%%  val %.2f%% (top-5 %.2f%%)%s  "
                      "%.0f img/s  %.0fs", row["epoch"], run.cfg.trainer.epochs, train_loss,
-                     train_top1, val["val_top1"], val["val_top5"], row["images_per_sec"],
-                     row["elapsed"])
+                     train_top1, val["val_top1"], val["val_top5"], held,
+                     row["images_per_sec"], row["elapsed"])
         self.wandb.log(row, run.step)
         return row
 
@@ -293,8 +315,14 @@ class RunLogger:
         results = dict(best_top1=run.best, final_top1=row["val_top1"],
                        final_top5=row["val_top5"], epochs=row["epoch"], steps=run.step,
                        param_report=run.report, model=run.spec, rpg=run.resolved["rpg"],
-                       data=run.cfg.data.name, wall_time=run.elapsed(),
-                       peak_memory_mb=_peak_memory_mb(run.device), out_dir=str(run.out_dir))
+                       data=run.cfg.data.name, seed=run.cfg.trainer.seed,
+                       wall_time=run.elapsed(), peak_memory_mb=_peak_memory_mb(run.device),
+                       out_dir=str(run.out_dir))
+        if run.selected is not None:  # the epoch picked without looking at the test set
+            results.update(selected_top1=run.selected[2], selected_epoch=run.selected[1],
+                           heldout_top1=run.selected[0])
+        if run.prune is not None:  # the epochs it spent: the dense run's, then fine-tuning
+            results["prune"] = dict(run.prune, finetune_epochs=run.cfg.trainer.epochs)
         if self.main:
             (run.out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
             self.wandb.summary({"best/top1": run.best, "final/top1": results["final_top1"],

@@ -14,29 +14,22 @@ import torchvision
 
 from ..errors import UserError
 from .cifar_resnet import CifarResNet
+from .torchvision_resnet import scaled, torchvision_resnet
 
 TIMM = "timm:"  # prefix: timm:<any timm model name>
 
 
-def _torchvision_resnet(arch, num_classes, in_chans, small_input, **kw):
-    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes, **kw)
-    if small_input or in_chans != 3:
-        # CIFAR stem: 3x3 stride-1 conv and no max-pool keeps 32x32 inputs at full resolution
-        k, s, p = (3, 1, 1) if small_input else (7, 2, 3)
-        model.conv1 = nn.Conv2d(in_chans, 64, k, s, p, bias=False)
-        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
-    if small_input:
-        model.maxpool = nn.Identity()
-    return model
+def _cifar_resnet(depth, num_classes, in_chans, small_input, width=1.0, **kw):
+    return CifarResNet(depth, num_classes=num_classes, in_chans=in_chans,
+                       base_width=scaled(16, width), **kw)
 
 
-def _cifar_resnet(depth, num_classes, in_chans, small_input, **kw):
-    return CifarResNet(depth, num_classes=num_classes, in_chans=in_chans, **kw)
-
-
-def _timm_model(arch, num_classes, in_chans, small_input, **kw):
+def _timm_model(arch, num_classes, in_chans, small_input, width=1.0, **kw):
     import timm
 
+    if width != 1:
+        raise UserError("width", width, f"is not supported for timm models (timm:{arch}); "
+                        "only the torchvision and CIFAR ResNets take a width multiplier")
     if not timm.is_model(arch):
         raise UserError("name", TIMM + arch, "is not a timm model (timm.list_models() has "
                         "the names)")
@@ -49,9 +42,9 @@ def _timm_model(arch, num_classes, in_chans, small_input, **kw):
 
 # model.name -> builder(num_classes, in_chans, small_input, **kwargs)
 MODELS = {
-    "resnet18": partial(_torchvision_resnet, "resnet18"),
-    "resnet34": partial(_torchvision_resnet, "resnet34"),
-    "resnet50": partial(_torchvision_resnet, "resnet50"),
+    "resnet18": partial(torchvision_resnet, "resnet18"),
+    "resnet34": partial(torchvision_resnet, "resnet34"),
+    "resnet50": partial(torchvision_resnet, "resnet50"),
     "resnet20": partial(_cifar_resnet, 20),
     "resnet32": partial(_cifar_resnet, 32),
     "resnet56": partial(_cifar_resnet, 56),
@@ -81,18 +74,24 @@ def _builder(name: str):
 
 
 def create_model(name: str, num_classes: int, in_chans: int = 3, small_input: bool = False,
-                 **kw) -> nn.Module:
-    """Build a plain (dense) backbone by name; see `available()`."""
+                 width: float = 1.0, **kw) -> nn.Module:
+    """Build a plain (dense) backbone by name; see `available()`. `width` multiplies every
+    channel count (the width baseline of the parameter studies)."""
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
+        raise UserError("width", width, "must be a positive channel multiplier (1 = the "
+                        "standard network)")
     builder = _builder(name)
     try:
         model = builder(num_classes=num_classes, in_chans=in_chans, small_input=small_input,
-                        **kw)
+                        width=width, **kw)
     except UserError as err:  # a backbone argument: it came in through kwargs
         raise err.under("kwargs") if err.key in kw else err
     except TypeError as err:  # an argument the backbone does not take
         if not kw:
             raise  # not the user's: no extra arguments were given
         raise UserError("kwargs", kw, f"do not fit {name}: {err}") from err
+    # width only when set, so the specs (and checkpoints) of standard models are unchanged
     model.model_spec = dict(name=name, num_classes=num_classes, in_chans=in_chans,
-                            small_input=small_input, **kw)
+                            small_input=small_input, **({} if width == 1 else {"width": width}),
+                            **kw)
     return model

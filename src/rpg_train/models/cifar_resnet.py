@@ -46,7 +46,7 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, depth: int, num_classes: int = 10, in_chans: int = 3, width: int = 16,
+    def __init__(self, depth: int, num_classes: int = 10, in_chans: int = 3, base_width: int = 16,
                  shortcut: str = "A"):
         super().__init__()
         if (depth - 2) % 6 != 0:
@@ -54,10 +54,10 @@ class CifarResNet(nn.Module):
         if shortcut not in ("A", "B"):
             raise UserError("shortcut", shortcut, "is not one of: A, B")
         n = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(in_chans, width, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        widths = [width, 2 * width, 4 * width]
-        cin = width
+        self.conv1 = nn.Conv2d(in_chans, base_width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(base_width)
+        widths = [base_width, 2 * base_width, 4 * base_width]
+        cin = base_width
         for i, w in enumerate(widths):
             blocks = []
             for b in range(n):

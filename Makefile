@@ -56,9 +56,26 @@ imagenet-r18 imagenet-r34: install
 	  data.root=$(DATA) data.batch_size=$$((256 / $(GPUS))) trainer.resume=auto \
 	  hydra.run.dir=runs/$@ $(ARGS)
 
-# accuracy against ring size on Fashion-MNIST, one W&B group (offline without credentials)
-sweep-fmnist: install data
-	$(PYTHON) -m rpg_train -m rpg.params=2500,5000,10000,25000,50000 logger=wandb $(ARGS)
+# The Fashion-MNIST studies (ResNet-20, the default 5-epoch recipe, seeds 0 and 1). Each point
+# is one run directory named by its overrides under $(STUDY_DIR)/<study>; a rerun resumes
+# unfinished points and only re-evaluates finished ones, so an interrupted study loses nothing.
+STUDY_DIR ?= runs/fmnist
+SEEDS ?= 0,1
+LOGGER ?= none
+SWEEP = $(PYTHON) -m rpg_train -m trainer.resume=auto trainer.progress=false logger=$(LOGGER) \
+  hydra.sweep.dir=$(STUDY_DIR)/$(1) 'hydra.sweep.subdir=$${hydra.job.override_dirname}' \
+  trainer.seed=$(SEEDS) $(ARGS)
+
+# 1. the DoF law: top-1 against ring size over two decades, and the dense network
+study-dof: install data
+	$(call SWEEP,dof) rpg.params=1000,10000,100000
+	$(call SWEEP,dof) rpg=none
+
+# 3. ablations at the default ring (25,000): scopes, sign flips, sampling
+study-ablations: install data
+	$(call SWEEP,ablations) rpg=network,stage,block,layer
+	$(call SWEEP,ablations) rpg.sign=false
+	$(call SWEEP,ablations) rpg.sampling=ring,iid
 
 clean:
 	rm -rf outputs multirun runs wandb

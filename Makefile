@@ -11,11 +11,23 @@ PYTHON := $(VENV)/bin/python
 ENV := $(PYTHON)
 endif
 DATA ?= /data/imagenet
-GPUS ?= 1
+# all local GPUs (1 without nvidia-smi); NODES > 1 needs MASTER_ADDR (rank 0's host) and
+# NODE_RANK on each node
+GPUS ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | wc -l); echo $$(( n > 0 ? n : 1 )))
+NODES ?= 1
+NODE_RANK ?= 0
+MASTER_ADDR ?= localhost
+MASTER_PORT ?= 29500
 ARGS ?=
+ifeq ($(NODES),1)
 TORCHRUN = $(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS)
+else
+TORCHRUN = $(PYTHON) -m torch.distributed.run --nnodes=$(NODES) --node_rank=$(NODE_RANK) \
+  --nproc_per_node=$(GPUS) --master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT)
+endif
 
-.PHONY: install data train test test-all bench imagenet-r18 imagenet-r34 sweep-fmnist clean
+.PHONY: install data train test test-all bench imagenet-r18 imagenet-r34 cifar10 cifar100 \
+	sweep-fmnist study-dof study-equal-dof study-ablations aggregate-fmnist clean
 
 # Debian and Ubuntu ship ensurepip, which venv needs for pip, apart in python3-venv: check it
 # first, so that a failed attempt leaves no half-made .venv behind. pip >= 21.3 installs a
@@ -49,12 +61,31 @@ test-all: install
 bench: install
 	$(PYTHON) scripts/bench_rpg.py
 
-# Paper rows on ImageNet: `make imagenet-r34 DATA=/data/imagenet GPUS=8`. The batch of 256 is
-# split over the GPUs; a fixed run directory lets a rerun resume after preemption.
+# Paper rows on ImageNet, one fixed run directory each under runs/imagenet (a rerun resumes
+# after preemption), then the table beside the paper's numbers:
+#   make imagenet-r34 DATA=/data/imagenet [GPUS=8] [NODES=2 NODE_RANK=.. MASTER_ADDR=..]
+# The recipe's batch of 256 is split over all processes.
+ROWS_imagenet-r18 = imagenet_r18_rpg imagenet_r18
+ROWS_imagenet-r34 = imagenet_r34_rpg imagenet_r34_rpg_tiny imagenet_r34
 imagenet-r18 imagenet-r34: install
-	$(TORCHRUN) -m rpg_train experiment=$(subst -,_,$(subst imagenet-,imagenet_,$@)) \
-	  data.root=$(DATA) data.batch_size=$$((256 / $(GPUS))) trainer.resume=auto \
-	  hydra.run.dir=runs/$@ $(ARGS)
+	@set -e; for row in $(ROWS_$@); do \
+	  $(TORCHRUN) -m rpg_train experiment=$$row data.root=$(DATA) \
+	    data.batch_size=$$((256 / ($(GPUS) * $(NODES)))) trainer.resume=auto \
+	    hydra.run.dir=runs/imagenet/$$row $(ARGS); \
+	done
+	$(PYTHON) scripts/paper_table.py $(addprefix runs/imagenet/,$(ROWS_$@))
+
+# CIFAR rows: ResNet18 (CIFAR stem) and ResNet56, dense and at several ring sizes, one process
+# per run (a sweep under runs/cifar10 or runs/cifar100, resumable), then their table.
+CIFAR_RINGS ?= 10000,100000,300000
+cifar10 cifar100: install
+	$(PYTHON) -m rpg_train -m experiment=$@ model=resnet18,resnet56 trainer.resume=auto \
+	  hydra.sweep.dir=runs/$@ 'hydra.sweep.subdir=$${hydra.job.override_dirname}' \
+	  rpg.params=$(CIFAR_RINGS) $(ARGS)
+	$(PYTHON) -m rpg_train -m experiment=$@ model=resnet18,resnet56 trainer.resume=auto \
+	  hydra.sweep.dir=runs/$@ 'hydra.sweep.subdir=$${hydra.job.override_dirname}' \
+	  rpg=none $(ARGS)
+	$(PYTHON) scripts/paper_table.py runs/$@
 
 # The Fashion-MNIST studies (ResNet-20, the default 5-epoch recipe, seeds 0 and 1). Each point
 # is one run directory named by its overrides under $(STUDY_DIR)/<study>; a rerun resumes
@@ -71,11 +102,34 @@ study-dof: install data
 	$(call SWEEP,dof) rpg.params=1000,10000,100000
 	$(call SWEEP,dof) rpg=none
 
-# 3. ablations at the default ring (25,000): scopes, sign flips, sampling
+# 2. RPG against the other ways of spending the same trainable count. The width models fix
+# the points; RPG's ring, hashing's ring and pruning's non-zero count are solved to match them
+# exactly (match.width). Pruning starts from study-dof's dense runs: run that first.
+WIDTHS ?= 0.25,0.5,0.75
+study-equal-dof: install data
+	$(call SWEEP,equal-dof) rpg=none model.width=$(WIDTHS)
+	$(call SWEEP,equal-dof) match.width=$(WIDTHS)
+	$(call SWEEP,equal-dof) match.width=$(WIDTHS) rpg.sampling=iid
+	$(call SWEEP,equal-dof) experiment=fmnist_prune match.width=$(WIDTHS) \
+	  'prune.init="$(STUDY_DIR)/dof/rpg=none,trainer.seed=$${trainer.seed}/last.pt"'
+
+# 3. ablations at the default ring (25,000): scopes, sign flips, sampling; and a deeper
+# generated network at equal DoF (ResNet-56 matched to study 2's ResNet-20 at width 0.25)
 study-ablations: install data
 	$(call SWEEP,ablations) rpg=network,stage,block,layer
 	$(call SWEEP,ablations) rpg.sign=false
 	$(call SWEEP,ablations) rpg.sampling=ring,iid
+	$(call SWEEP,ablations) model=resnet56 match.model=resnet20 match.width=0.25
+
+# all three studies, then their tables and plots (docs/results/fmnist)
+sweep-fmnist: study-dof study-equal-dof study-ablations
+	$(MAKE) aggregate-fmnist
+
+aggregate-fmnist:
+	$(PYTHON) scripts/aggregate.py $(STUDY_DIR)/dof $(STUDY_DIR)/equal-dof \
+	  --out docs/results/fmnist/dof-and-baselines $(if $(filter wandb,$(LOGGER)),--wandb)
+	$(PYTHON) scripts/aggregate.py $(STUDY_DIR)/ablations $(STUDY_DIR)/equal-dof \
+	  --out docs/results/fmnist/ablations
 
 clean:
 	rm -rf outputs multirun runs wandb

@@ -35,7 +35,8 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(2)
     except Interrupted as stop:
         sys.exit(130 if str(stop) == "Ctrl-C" else 143)
-    return results["best_top1"]  # what a Hydra sweeper would optimise
+    # what a Hydra sweeper would optimise: the held-out pick when there is one
+    return results.get("selected_top1", results["final_top1"])
 
 
 if __name__ == "__main__":

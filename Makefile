@@ -125,11 +125,20 @@ study-ablations: install data
 sweep-fmnist: study-dof study-equal-dof study-ablations
 	$(MAKE) aggregate-fmnist
 
+# copies each finished point's results.json, config.yaml and metrics.jsonl (not checkpoints)
+# into docs/results/fmnist/runs, and aggregates from there, so the tables can be rebuilt from
+# the repository alone
+RESULTS = docs/results/fmnist
 aggregate-fmnist:
-	$(PYTHON) scripts/aggregate.py $(STUDY_DIR)/dof $(STUDY_DIR)/equal-dof \
-	  --out docs/results/fmnist/dof-and-baselines $(if $(filter wandb,$(LOGGER)),--wandb)
-	$(PYTHON) scripts/aggregate.py $(STUDY_DIR)/ablations $(STUDY_DIR)/equal-dof \
-	  --out docs/results/fmnist/ablations
+	@for f in $(STUDY_DIR)/*/*/results.json; do [ -e "$$f" ] || continue; d=$${f%/results.json}; \
+	  t=$(RESULTS)/runs/$${d#$(STUDY_DIR)/}; mkdir -p "$$t"; \
+	  cp "$$d/results.json" "$$d/config.yaml" "$$d/metrics.jsonl" "$$t/"; done
+	$(PYTHON) scripts/aggregate.py --out $(RESULTS)/dof-and-baselines \
+	  $$(ls -d $(RESULTS)/runs/dof $(RESULTS)/runs/equal-dof 2>/dev/null) \
+	  $(if $(filter wandb,$(LOGGER)),--wandb --wandb-group $(STUDY_DIR)/dof)
+	$(PYTHON) scripts/aggregate.py --out $(RESULTS)/ablations \
+	  $$(ls -d $(RESULTS)/runs/ablations \
+	    $(RESULTS)/runs/equal-dof/match.width=0.25,trainer.seed=* 2>/dev/null)
 
 clean:
 	rm -rf outputs multirun runs wandb

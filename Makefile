@@ -65,8 +65,8 @@ bench: install
 # after preemption), then the table beside the paper's numbers:
 #   make imagenet-r34 DATA=/data/imagenet [GPUS=8] [NODES=2 NODE_RANK=.. MASTER_ADDR=..]
 # The recipe's batch of 256 is split over all processes.
-ROWS_imagenet-r18 = imagenet_r18_rpg imagenet_r18
-ROWS_imagenet-r34 = imagenet_r34_rpg imagenet_r34_rpg_tiny imagenet_r34
+ROWS_imagenet-r18 = imagenet_r18_rpg imagenet_r18_dense
+ROWS_imagenet-r34 = imagenet_r34_rpg imagenet_r34_rpg_tiny imagenet_r34_dense
 imagenet-r18 imagenet-r34: install
 	@set -e; for row in $(ROWS_$@); do \
 	  $(TORCHRUN) -m rpg_train experiment=$$row data.root=$(DATA) \

@@ -11,6 +11,7 @@ from rpg_train.engine.budget import width_target
 from rpg_train.engine.prune import nonzero_count, prune_to, pruned_layers
 from rpg_train.errors import UserError
 from rpg_train.models import create_model
+from rpg_train.models.torchvision_resnet import ARCHS, ScaledResNet
 from rpg_train.rpg import param_report
 
 FMNIST = dict(num_classes=10, in_chans=1, small_input=True)
@@ -26,8 +27,9 @@ def test_width_scales_every_channel():
     half = create_model("resnet18", 10, 3, True, width=0.5)
     assert (half.conv1.out_channels, half.fc.in_features) == (32, 256)
     assert half(torch.randn(2, 3, 32, 32)).shape == (2, 10)
-    # width 1 is torchvision's model itself, parameter for parameter
-    assert count(create_model("resnet34", 1000)) == count(torchvision.models.resnet34())
+    # the scaled builder at width 1 rebuilds torchvision's model, parameter for parameter
+    for arch in ARCHS:
+        assert count(ScaledResNet(*ARCHS[arch], 1.0)) == count(getattr(torchvision.models, arch)())
     wide = create_model("resnet50", 10, width=0.5)
     assert wide.fc.in_features == 1024 and wide(torch.randn(1, 3, 64, 64)).shape == (1, 10)
     assert create_model("resnet20", **FMNIST, width=0.5).model_spec["width"] == 0.5
@@ -60,7 +62,8 @@ def test_ring_solver_across_models(compose_cfg):
     (["match.width=1"], "match.width=1.0 gives 269,434 trainable parameters .* in \\[2,171, 269,433\\]"),
     (["match.width=0.25", "rpg=none"], "match.width=0.25 has nothing to solve"),
     (["prune.params=100"], "prune.params=100.0 needs prune.init"),
-    (["prune.init=/nonexistent.pt", "rpg=none"], "prune.init='/nonexistent.pt' does not exist"),
+    (["prune.init=/nonexistent.pt", "prune.params=100", "rpg=none"],
+     "prune.init='?/nonexistent.pt'? does not exist"),
     (["model.width=-1"], "model.width=-1.0 must be a positive multiplier"),
     (["data.val_split=-5"], "data.val_split=-5 must not be negative"),
 ])
@@ -122,3 +125,43 @@ def test_holdout_is_fixed_disjoint_and_selects_best(quick_cfg, tmp_path):
     assert res["best_top1"] == max(r["val_top1"] for r in rows)
     with pytest.raises(UserError, match="data.val_split=64 must be in"):
         train(quick_cfg("data.val_split=64", out="bad"))
+
+
+def test_paper_rows_count_at_the_imagenet_stem(compose_cfg):
+    """The trainable counts the docs quote, at 224 px (torchvision's 7x7 stem), 1000 classes."""
+    from rpg_train.engine.build import build_model
+
+    imagenet = dict(num_classes=1000, in_chans=3, small_input=False)
+    for row, trainable in [("imagenet_r18_rpg", 2891304), ("imagenet_r34_rpg", 11700008),
+                           ("imagenet_r34_rpg_tiny", 54024), ("imagenet_r18_dense", 11689512),
+                           ("imagenet_r34_dense", 21797672)]:
+        model, _, _ = build_model(compose_cfg([f"experiment={row}"]), imagenet)
+        assert param_report(model)["trainable"] == trainable, row
+
+
+def test_pruned_checkpoint_evaluates_without_its_dense_file(quick_cfg, tmp_path):
+    from rpg_train.evaluate import evaluate_checkpoint
+
+    train(quick_cfg("rpg=none", "model.name=resnet20", out="dense"))
+    init = tmp_path / "dense" / "last.pt"
+    res = train(quick_cfg("rpg=none", "model.name=resnet20", f"prune.init={init}",
+                          "prune.params=3000", out="pruned"))
+    with pytest.raises(UserError, match="is not a dense checkpoint"):  # already pruned
+        train(quick_cfg("rpg=none", "model.name=resnet20",
+                        f"prune.init={tmp_path / 'pruned' / 'last.pt'}", "prune.params=2000",
+                        out="twice"))
+    init.unlink()
+    ev = evaluate_checkpoint(tmp_path / "pruned" / "last.pt")
+    assert ev["top1"] == res["final_top1"] and ev["param_report"]["nonzero"] == 3000
+
+
+def test_pruning_refuses_an_unfinished_dense_run(quick_cfg, tmp_path):
+    train(quick_cfg("rpg=none", "model.name=resnet20", "trainer.max_steps=1", out="dense"))
+    with pytest.raises(UserError, match="is an unfinished run"):
+        train(quick_cfg("rpg=none", "model.name=resnet20", "prune.params=3000",
+                        f"prune.init={tmp_path / 'dense' / 'last.pt'}", out="pruned"))
+
+
+def test_kwargs_width_points_to_model_width(quick_cfg):
+    with pytest.raises(UserError, match="model.kwargs.width=2 .*use model.width"):
+        train(quick_cfg("model.name=resnet20", "+model.kwargs.width=2"))

@@ -74,7 +74,7 @@ def test_the_default_run_is_unchanged(compose_cfg):
 def test_trainer_gpu_is_a_hardware_profile_and_experiments_set_epochs(compose_cfg):
     gpu = compose_cfg(["trainer=gpu"]).trainer
     assert (gpu.device, gpu.amp, gpu.channels_last, gpu.epochs) == ("cuda", "bf16", True, 5)
-    for name in ("imagenet_r18_rpg", "imagenet_r34_rpg", "imagenet_r34"):
+    for name in ("imagenet_r18_rpg", "imagenet_r34_rpg", "imagenet_r34_dense"):
         t = compose_cfg([f"experiment={name}"]).trainer
         assert (t.epochs, t.device, t.amp) == (90, "cuda", "bf16"), name
     assert compose_cfg(["experiment=cifar10_r20"]).trainer.epochs == 100

@@ -48,7 +48,7 @@ def run_dirs(tmp_path) -> Path:
     write_run(tmp_path / "imagenet" / "r18_rpg" / "seed0", "imagenet_r18_rpg", top1=66.9, **r18)
     write_run(tmp_path / "imagenet" / "r18_rpg" / "seed1", "imagenet_r18_rpg", top1=67.3,
               seed=1, **r18)
-    write_run(tmp_path / "imagenet" / "r34", "imagenet_r34", model="resnet34", top1=73.0,
+    write_run(tmp_path / "imagenet" / "r34", "imagenet_r34_dense", model="resnet34", top1=73.0,
               ring=0, trainable=21797672, dense=21797672, scope="none")
     write_run(tmp_path / "imagenet" / "r34_rpg", "imagenet_r34_rpg", model="resnet34",
               top1=70.26, ring=11160576, trainable=11689512, dense=21797672)
@@ -74,7 +74,7 @@ def test_rows_numbers_and_order(run_dirs, capsys):
     assert rows[2:] == [
         ["ResNet18-RPG, ring 2,359,296 (one 512x512x3x3 layer)", "67.2", "67.10 ± 0.28 (n=2)",
          "-0.10", "67.40", "2,359,296", "2,369,000", "11,689,512", "4.93×", "90"],
-        ["ResNet34-RPG, ring 11,160,576 (total = ResNet18)", "beats ResNet18 (69.76)",
+        ["ResNet34-RPG, ring 11,160,576 (total ≈ ResNet18)", "beats ResNet18 (69.76)",
          "70.26 ± — (n=1)", "+0.50 vs ResNet18 69.76 (the claim)", "70.56", "11,160,576",
          "11,689,512", "21,797,672", "1.86×", "90"],
         ["ResNet34 dense", "73.31 (torchvision reference)", "73.00 ± — (n=1)", "-0.31", "73.30",

@@ -234,8 +234,6 @@ def _validate_baselines(cfg) -> None:
         return
     if cfg.rpg.scope != "none":
         raise UserError("prune.init", p.init, "prunes a dense model: set rpg=none")
-    if not Path(p.init).is_file():
-        raise UserError("prune.init", p.init, "does not exist; give the dense run's last.pt")
     if (p.params is None) == (m.width is None):
         raise UserError("prune.params", p.params, "give exactly one of prune.params and "
                         "match.width (the number of non-zero weights to keep)")

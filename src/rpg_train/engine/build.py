@@ -34,6 +34,9 @@ def model_spec(cfg, info: dict) -> dict:
     """create_model's arguments: the dataset fills what the config leaves null. Plain
     containers only, since the spec is saved in checkpoints (read with weights_only)."""
     m = cfg.model
+    if "width" in m.kwargs:  # once the CIFAR ResNets' base width; now model.width's key
+        raise UserError("model.kwargs.width", m.kwargs.width, "is not a backbone argument: "
+                        "use model.width, a channel multiplier (1 = the standard network)")
     return dict(name=m.name,
                 num_classes=info["num_classes"] if m.num_classes is None else m.num_classes,
                 in_chans=info["in_chans"] if m.in_chans is None else m.in_chans,
@@ -42,10 +45,11 @@ def model_spec(cfg, info: dict) -> dict:
                 **OmegaConf.to_container(m.kwargs, resolve=True))
 
 
-def build_model(cfg, info: dict):
+def build_model(cfg, info: dict, ckpt: checkpoint.Checkpoint | None = None):
     """The backbone with RPG applied (or, for the pruning baseline, the trained dense model
     pruned); the library's argument errors get their config group. Returns (model, spec,
-    prune_info), prune_info None unless pruning."""
+    prune_info), prune_info None unless pruning. A pruned checkpoint (`ckpt`) brings its own
+    weights and masks, so resuming or evaluating it does not need prune.init's file."""
     spec = model_spec(cfg, info)
     try:
         model = create_model(**spec)
@@ -54,6 +58,10 @@ def build_model(cfg, info: dict):
     r, p = cfg.rpg, cfg.prune
     size = budget.solve(cfg, spec, model) if cfg.match.width is not None else None
     if p.init is not None:
+        saved = ckpt.state["identity"].get("prune") if ckpt is not None else None
+        if isinstance(saved, dict):  # the masks' layout only: load_state_dict fills them
+            prune_to(model, saved["nonzero"], r.share_stem, r.share_head)
+            return model, spec, dict(saved, init=p.init)
         init_epochs = load_init(model, p.init, spec)
         keep = prune_to(model, p.params if size is None else size, r.share_stem, r.share_head)
         return model, spec, dict(nonzero=keep, init=p.init, init_epochs=init_epochs)
@@ -66,12 +74,13 @@ def build_model(cfg, info: dict):
     return model, spec, None
 
 
-def identity(model, spec: dict, prune_info: dict | None = None) -> dict:
+def identity(model, spec: dict, prune_info: dict | None = None, holdout: int = 0) -> dict:
     """What a checkpoint must match to be loaded into this model: backbone, recipe, tables,
-    and for a pruned model the number of weights kept."""
+    for a pruned model the weights kept (and its dense run's epochs), and the held-out split
+    (the training data differs without it; None when off, as in older checkpoints)."""
+    prune = None if prune_info is None else {k: prune_info[k] for k in ("nonzero", "init_epochs")}
     return dict(model=spec, rpg=getattr(model, "rpg_spec", None),
-                fingerprint=tables_fingerprint(model),
-                prune=None if prune_info is None else prune_info["nonzero"])
+                fingerprint=tables_fingerprint(model), prune=prune, holdout=holdout or None)
 
 
 def build(cfg, device: torch.device, *, ckpt: checkpoint.Checkpoint | None = None,
@@ -79,8 +88,8 @@ def build(cfg, device: torch.device, *, ckpt: checkpoint.Checkpoint | None = Non
     """Model and loaders as the config says. A checkpoint is checked against the model before
     the data is touched, then its weights are loaded."""
     info = dataset_info(cfg.data.name, cfg.data)
-    model, spec, prune_info = build_model(cfg, info)
-    ident = identity(model, spec, prune_info)
+    model, spec, prune_info = build_model(cfg, info, ckpt)
+    ident = identity(model, spec, prune_info, cfg.data.val_split)
     if ckpt is not None:
         checkpoint.check_identity(ckpt, ident)
         model.load_state_dict(ckpt.state["model"])

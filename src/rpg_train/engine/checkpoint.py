@@ -97,7 +97,7 @@ def _globals(path: Path) -> str:
 def check_identity(ckpt: Checkpoint, identity: dict) -> None:
     """Refuse a checkpoint of another backbone, ring or table draw."""
     theirs = ckpt.state["identity"]
-    for field in ("model", "rpg", "fingerprint", "prune"):
+    for field in ("model", "rpg", "fingerprint", "prune", "holdout"):
         if theirs.get(field) != identity.get(field):
             raise ckpt.error(f"is a checkpoint of a different {field} ({theirs.get(field)} "
                              f"!= this run's {identity.get(field)})")

@@ -26,11 +26,15 @@ def pruned_layers(model: nn.Module) -> list[nn.Module]:
 def load_init(model: nn.Module, path: str, spec: dict) -> int:
     """Load the trained dense weights to prune; returns the epochs they were trained for."""
     init = checkpoint.load(path, key="prune.init")
-    ident = init.state["identity"]
-    if ident.get("rpg") is not None or ident.get("model") != spec:
+    s, ident = init.state, init.state["identity"]
+    if ident.get("rpg") is not None or ident.get("prune") or ident.get("model") != spec:
         raise init.error(f"is not a dense checkpoint of this backbone ({ident.get('model')}, "
-                         f"rpg {ident.get('rpg')}); pruning starts from a trained rpg=none run "
-                         f"of {spec}")
+                         f"rpg {ident.get('rpg')}, pruned {ident.get('prune')}); pruning starts "
+                         f"from a trained rpg=none run of {spec}")
+    epochs = s["config"]["trainer"]["epochs"]
+    if s["batch"] != 0 or s["epoch"] < epochs:  # a run still training: finish it first
+        raise init.error(f"is an unfinished run (epoch {s['epoch']} of {epochs}, batch "
+                         f"{s['batch']}); prune its final checkpoint")
     model.load_state_dict(init.state["model"])
     return int(init.state["epoch"])
 

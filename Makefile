@@ -129,7 +129,7 @@ sweep-fmnist: study-dof study-equal-dof study-ablations
 # into docs/results/fmnist/runs, and aggregates from there, so the tables can be rebuilt from
 # the repository alone
 RESULTS = docs/results/fmnist
-aggregate-fmnist:
+aggregate-fmnist: install
 	@for f in $(STUDY_DIR)/*/*/results.json; do [ -e "$$f" ] || continue; d=$${f%/results.json}; \
 	  t=$(RESULTS)/runs/$${d#$(STUDY_DIR)/}; mkdir -p "$$t"; \
 	  cp "$$d/results.json" "$$d/config.yaml" "$$d/metrics.jsonl" "$$t/"; done

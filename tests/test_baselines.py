@@ -65,6 +65,7 @@ def test_ring_solver_across_models(compose_cfg):
     (["prune.init=/nonexistent.pt", "prune.params=100", "rpg=none"],
      "prune.init='?/nonexistent.pt'? does not exist"),
     (["model.width=-1"], "model.width=-1.0 must be a positive multiplier"),
+    (["match.model=resnet56"], "match.model='?resnet56'? needs match.width"),
     (["data.val_split=-5"], "data.val_split=-5 must not be negative"),
 ])
 def test_bad_baseline_settings_name_key_and_value(quick_cfg, overrides, message):

@@ -224,6 +224,8 @@ def _validate_baselines(cfg) -> None:
         raise UserError("match.width", m.width, "must be a positive multiplier")
     if m.model is not None and not is_available(m.model):
         raise UserError("match.model", m.model, "is not a known model")
+    if m.model is not None and m.width is None:
+        raise UserError("match.model", m.model, "needs match.width (the width of it to match)")
     if p.init is None:
         if p.params is not None:
             raise UserError("prune.params", p.params, "needs prune.init (the trained dense "

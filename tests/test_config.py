@@ -18,7 +18,8 @@ from rpg_train.models import create_model
 from rpg_train.rpg import SAMPLINGS, SCOPES
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
+# conf/hydra holds Hydra's own options (the SLURM launcher), not the run's
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
 
 
 def test_groups_are_the_design_cards():
@@ -57,7 +58,9 @@ DEFAULT_RUN = {
                   gamma=0.1, decay_epochs=45),
     "trainer": dict(epochs=5, seed=0, device="auto", amp="auto", channels_last=True,
                     compile=False, grad_clip=0.0, label_smoothing=0.0, max_steps=0,
-                    limit_batches=0, resume=None, progress=True),
+                    limit_batches=0, resume=None, progress=True, checkpoint_every_min=30.0,
+                    dist_timeout_s=600.0, nan_policy="stop", max_loss=None,
+                    nan_check_every=50),
     "logger": dict(name="none", project="rpg-train", entity=None, mode="auto", group=None,
                    run_name=None, tags=[]),
     # the equal-DoF baselines, off by default

@@ -240,23 +240,24 @@ def test_a_bug_inside_training_is_not_a_user_error(quick_cfg, monkeypatch, error
 @pytest.mark.parametrize("when", ["last step", "after evaluation"])
 def test_a_stop_at_the_end_of_an_epoch_resumes_exactly(quick_cfg, tmp_path, monkeypatch, when):
     full = train(quick_cfg("trainer.epochs=2", out="full"))
-    real = engine_train.Run.should_stop
     fired = []
 
-    def stop_once(run):
+    def arm(run):  # the signal arrives at the edge: after the last step, or after evaluation
         at_edge = run.epoch == 0 and run.batch == run.batches_per_epoch
         if at_edge and run.evaluated == (when == "after evaluation") and not fired:
             fired.append(run.step)
             run.stop.signum = signal.SIGTERM
-        return real(run)
 
-    monkeypatch.setattr(engine_train.Run, "should_stop", stop_once)
+    for name in ("check", "stop_signal"):  # between steps, and after the epoch's save
+        real = getattr(engine_train.Run, name)
+        monkeypatch.setattr(engine_train.Run, name,
+                            lambda run, *a, real=real, **k: (arm(run), real(run, *a, **k))[1])
     with pytest.raises(Interrupted, match="SIGTERM"):
         train(quick_cfg("trainer.epochs=2", out="cut"))
     cut = _state(tmp_path / "cut" / "last.pt")
     assert fired and (cut["epoch"], cut["batch"]) == ((1, 0) if when == "after evaluation"
                                                       else (0, full["steps"] // 2))
-    monkeypatch.setattr(engine_train.Run, "should_stop", real)
+    monkeypatch.undo()
     resumed = train(quick_cfg("trainer.epochs=2", "trainer.resume=auto", out="cut"))
     assert resumed["final_top1"] == full["final_top1"] and resumed["steps"] == full["steps"]
     rows = [(tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("full", "cut")]
@@ -270,5 +271,5 @@ def test_stop_signals_set_a_flag_and_restore_the_handlers():
     with StopSignals() as stop:
         assert not stop.requested
         os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.requested and stop.reason() == "SIGTERM"
+        assert stop.requested and str(Interrupted(stop.signum)) == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is before

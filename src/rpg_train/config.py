@@ -114,6 +114,16 @@ class TrainerConfig:
     limit_batches: int = 0  # batches per epoch, train and val; 0 = all
     resume: Optional[str] = None  # auto (last.pt in the run directory) | PATH
     progress: bool = True  # tqdm bar, when the output is a terminal
+    # faults: a recovery last.pt every N minutes mid-epoch (0 = at epoch ends only); a
+    # collective that waits this long for a lost rank fails instead of hanging
+    checkpoint_every_min: float = 30.0
+    dist_timeout_s: float = 600.0
+    # divergence: a non-finite loss, or one above max_loss (null = no bound), stops the run
+    # (stop) or skips its step (skip, a host sync per step); stop reads the loss every
+    # nan_check_every steps and before every checkpoint
+    nan_policy: str = "stop"
+    max_loss: Optional[float] = None
+    nan_check_every: int = 50
 
 
 @dataclass
@@ -151,12 +161,13 @@ def choices() -> dict:
     this module)."""
     from .data import DATASETS
     from .engine.amp import AMP
+    from .engine.guard import POLICIES
     from .engine.optim import OPTIMIZERS, SCHEDULES
     from .log import LOGGERS, WANDB_MODES
     from .rpg import SAMPLINGS, SCOPES
 
     return {"rpg.scope": SCOPES, "rpg.sampling": SAMPLINGS, "data.name": DATASETS,
-            "optim.name": OPTIMIZERS, "sched.name": SCHEDULES, "trainer.amp": AMP,
+            "optim.name": OPTIMIZERS, "sched.name": SCHEDULES, "trainer.amp": AMP, "trainer.nan_policy": POLICIES,
             "logger.name": LOGGERS, "logger.mode": WANDB_MODES}
 
 
@@ -186,20 +197,23 @@ def validate(cfg) -> None:
     if not is_available(cfg.model.name):
         raise UserError("model.name", cfg.model.name, "is not a known model; choose one of: "
                         + ", ".join(available()))
-    for key in ("trainer.epochs", "data.batch_size", "data.eval_batch_size", "sched.step_size"):
+    for key in ("trainer.epochs", "data.batch_size", "data.eval_batch_size", "sched.step_size",
+                "trainer.nan_check_every"):
         if _get(cfg, key) < 1:
             raise UserError(key, _get(cfg, key), "must be at least 1")
     for key in ("trainer.max_steps", "trainer.limit_batches", "trainer.grad_clip",
                 "sched.warmup_epochs", "sched.min_lr", "optim.weight_decay", "data.num_workers",
-                "data.val_split"):
+                "data.val_split", "trainer.checkpoint_every_min"):
         if _get(cfg, key) < 0:
             raise UserError(key, _get(cfg, key), "must not be negative")
-    for key in ("optim.lr", "sched.decay_epochs"):
+    for key in ("optim.lr", "sched.decay_epochs", "trainer.dist_timeout_s"):
         if _get(cfg, key) <= 0:
             raise UserError(key, _get(cfg, key), "must be positive")
     if not 0 <= cfg.trainer.label_smoothing < 1:
         raise UserError("trainer.label_smoothing", cfg.trainer.label_smoothing,
                         "must be in [0, 1)")
+    if cfg.trainer.max_loss is not None and not cfg.trainer.max_loss > 0:
+        raise UserError("trainer.max_loss", cfg.trainer.max_loss, "must be positive (or null)")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.trainer.device):
         raise UserError("trainer.device", cfg.trainer.device,
                         "is not valid; use auto, cpu, cuda, cuda:N or mps")

@@ -1,5 +1,7 @@
 """The training engine: train(cfg) and its parts."""
-from .loop import Interrupted
+from .distributed import RankLost
+from .guard import Diverged
+from .signals import Interrupted
 from .train import train
 
-__all__ = ["train", "Interrupted"]
+__all__ = ["train", "Interrupted", "Diverged", "RankLost"]

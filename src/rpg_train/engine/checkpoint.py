@@ -6,6 +6,7 @@ elsewhere cannot do anything but fail to load.
 """
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import random
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+
+log = logging.getLogger("rpg_train")
 
 REQUIRED = ("model", "optimizer", "scheduler", "epoch", "batch", "step", "identity", "config")
 
@@ -56,14 +59,44 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(path: Path, state: dict) -> None:
-    """Write to a temporary file, then rename: a crash mid-write never leaves a torn file."""
+def previous(path: Path) -> Path:
+    """Where `save(..., keep_previous=True)` keeps the file it replaces: last.pt -> last.prev.pt."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save(path: Path, state: dict, keep_previous: bool = False) -> None:
+    """Write to a temporary file, then rename: a crash mid-write never leaves a torn file.
+    With keep_previous the file it replaces becomes `previous(path)`, a fallback for a file
+    that is damaged later (a full disk, a bad copy between machines)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+    if keep_previous and path.exists():
+        os.replace(path, previous(path))
     os.replace(tmp, path)
+
+
+def load_latest(path: Path, key: str = "trainer.resume") -> Checkpoint | None:
+    """`path`, or when it is missing or unreadable the one it replaced (`previous`), with a
+    warning naming both; None when neither exists; the first file's error when none loads."""
+    errors = []
+    for p in (path, previous(path)):
+        if not p.exists():
+            continue
+        try:
+            ckpt = load(p, key)
+        except UserError as err:
+            errors.append(err)
+            continue
+        if errors:
+            log.warning("warning: %s is unreadable (%s); resuming from %s, the checkpoint "
+                        "before it", path, errors[0].reason, p)
+        return ckpt
+    if errors:
+        raise errors[0]
+    return None
 
 
 def load(path, key: str = "trainer.resume") -> Checkpoint:
@@ -92,6 +125,20 @@ def _globals(path: Path) -> str:
     except Exception:  # noqa: BLE001 - older torch, or not torch's zip format: no names
         return ""
     return f" ({', '.join(names[:3])})" if names else ""
+
+
+def check_schedule(ckpt: Checkpoint, schedule: dict) -> None:
+    """Refuse to continue a run with another world size, batch size or epoch count: the data
+    order and the learning-rate schedule depend on them (checkpoints without the record, from
+    before it existed, are not checked)."""
+    theirs = ckpt.state.get("schedule")
+    if theirs is None:
+        return
+    diff = [f"{k} {theirs.get(k)} (now {v})" for k, v in schedule.items() if theirs.get(k) != v]
+    if diff:
+        raise ckpt.error("was trained with " + ", ".join(diff) + "; resume with the same "
+                         "values (the data order and the learning-rate schedule depend on "
+                         "them), or start a new run")
 
 
 def check_identity(ckpt: Checkpoint, identity: dict) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -31,42 +32,121 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def setup(device_name: str) -> Dist:
+def env_rank() -> int:
+    """This process's rank as its launcher tells it, before any process group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def setup(device_name: str, timeout_s: float = 600) -> Dist:
     """One process per device. Under torchrun (WORLD_SIZE > 1) join the process group:
-    NCCL on GPUs, gloo on CPUs; each process takes the GPU of its LOCAL_RANK."""
+    NCCL on GPUs, gloo on CPUs; each process takes the GPU of its LOCAL_RANK. A collective
+    that waits longer than `timeout_s` (a rank died) fails instead of hanging."""
     device = resolve_device(device_name)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist(device=device)
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local = env_rank(), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=timedelta(seconds=timeout_s))
     return Dist(rank=rank, world_size=world, local_rank=local, device=device)
 
 
+class RankLost(Exception):
+    """A collective failed: another process of the run died, hung past trainer.dist_timeout_s
+    or lost its network. This process stops too; the run resumes from its last checkpoint."""
+
+
+def lost_rank(err: BaseException) -> bool:
+    """Whether `err` is a failed collective (the backends raise RuntimeError subclasses)."""
+    text = str(err)
+    return isinstance(err, getattr(dist, "DistError", ())) or any(
+        s in text for s in ("gloo", "NCCL", "Connection reset", "Connection closed",
+                            "timed out", "Timed out"))
+
+
+def initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
+    if initialized():
         dist.all_reduce(t)
     return t
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """Whether `flag` is set on any rank: all ranks agree, so none waits in a collective."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    t = torch.tensor([float(flag)], device=device)
+def max_rank(value: int, device: torch.device) -> int:
+    """The largest `value` over the ranks: all ranks agree, so none waits in a collective."""
+    if not initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.item() > 0
+    return int(t.item())
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether `flag` is set on any rank."""
+    return max_rank(int(flag), device) > 0
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank."""
+    if not initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj) -> list:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if not initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class Vote:
+    """The largest value over the ranks of each of a few flags (a stop signal's number, save
+    now, diverged), agreed by all ranks one call late: each call starts a CPU all-reduce (gloo, beside NCCL on GPUs) and reads the
+    one started by the previous call, so checking every step never waits on the device.
+    Ranks make the same calls in the same order, so they all act on the same step."""
+
+    def __init__(self, n: int = 2):
+        self.n, self.pending = n, None
+        self.group = None
+        if initialized() and dist.get_backend() != "gloo":
+            self.group = dist.new_group(backend="gloo")  # a collective: every rank makes it
+
+    def __call__(self, *flags: int) -> list[int]:
+        """The flags agreed at the previous call (all 0 at the first); starts this one's."""
+        if not initialized():
+            return [int(f) for f in flags]
+        agreed = self.settle()
+        t = torch.tensor([int(f) for f in flags], dtype=torch.int32)
+        self.pending = (dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group,
+                                        async_op=True), t)
+        return agreed
+
+    def settle(self) -> list[int]:
+        """Wait for the vote in flight, if any, and return it (then nothing is in flight)."""
+        if self.pending is None:
+            return [0] * self.n
+        work, t = self.pending
+        work.wait()
+        self.pending = None
+        return t.tolist()
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if initialized():
         dist.barrier()
 
 
 def teardown() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if initialized():
         dist.destroy_process_group()

@@ -11,10 +11,6 @@ from ..rpg import cached
 from .distributed import all_reduce_sum
 
 
-class Interrupted(Exception):
-    """Raised when SIGTERM or Ctrl-C stops training; the run saves last.pt first."""
-
-
 class EpochSums:
     """Running sums of an epoch, on the device (no sync per step); part of a checkpoint."""
 
@@ -42,9 +38,9 @@ class EpochSums:
 
 def train_one_epoch(run) -> None:
     """Train `run` through its current epoch, from `run.batch` on (a resumed epoch starts
-    mid-way), adding to `run.sums`. A stop request (SIGTERM, Ctrl-C) is honoured between
-    steps by raising Interrupted, so the state to save is always that of whole steps."""
-    model, opt, sched, scaler = run.model, run.optimizer, run.scheduler, run.scaler
+    mid-way), adding to `run.sums`. Between steps `run.check` acts on stop signals, recovery
+    checkpoints and divergence, so the state it saves is always that of whole steps."""
+    model, opt, sched, scaler, guard = run.model, run.optimizer, run.scheduler, run.scaler, run.guard
     model.train()
     loader, sums, start_batch = run.train_loader, run.sums, run.batch
     loader.set_epoch(run.epoch, start_batch)
@@ -61,25 +57,30 @@ def train_one_epoch(run) -> None:
                 logits = model(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=run.label_smoothing)
             scaler.scale(loss).backward()
-            if run.grad_clip > 0:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
+            if guard.skip(loss):  # nan_policy=skip: no update, no metrics for this step
+                opt.zero_grad(set_to_none=True)
+            else:
+                if run.grad_clip > 0:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+                guard.watch(loss, run.step + 1)
+                sums.add(loss, logits.float(), y)
             sched.step()
-            sums.add(loss, logits.float(), y)
             run.batch += 1
             run.step += 1
             if run.batch % 20 == 0 and not bar.disable:
                 rate = (run.batch - start_batch) * x.shape[0] / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.3g}",
                                 img_s=f"{rate:.0f}")
-            if run.should_stop():
-                raise Interrupted(run.stop.reason())
+            if run.batch < run.batches_per_epoch:  # after the last step: check(end_of_epoch)
+                run.check()
     finally:
         sums.seconds += time.perf_counter() - start
         bar.close()
+    run.check(end_of_epoch=True)
 
 
 @torch.no_grad()

@@ -1,14 +1,27 @@
-"""Stopping on SIGTERM or Ctrl-C between steps, so the saved state is that of whole steps."""
+"""Stopping on SIGTERM, SIGUSR1/2 or Ctrl-C between steps, so the saved state is that of whole
+steps; then passing the signal on to whoever handled it before (submitit's requeue)."""
 from __future__ import annotations
 
 import signal
 import threading
 
-NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}
+# SIGUSR1/SIGUSR2: what SLURM sends before a job's time limit (sbatch --signal; submitit's
+# default is USR2)
+NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGUSR1: "SIGUSR1", signal.SIGUSR2: "SIGUSR2",
+         signal.SIGINT: "Ctrl-C"}
+
+
+class Interrupted(Exception):
+    """A stop signal ended training (on this rank or another: all ranks agree on `signum`);
+    the run saved last.pt first."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(NAMES.get(signum, f"signal {signum}"))
 
 
 class StopSignals:
-    """While entered, SIGTERM and Ctrl-C only set a flag that the loop reads between steps; a
+    """While entered, the signals in NAMES only set a flag that the loop reads between steps; a
     second Ctrl-C stops at once (KeyboardInterrupt). The previous handlers come back on exit.
     Outside the main thread Python cannot install handlers, so nothing is installed."""
 
@@ -35,6 +48,13 @@ class StopSignals:
     def requested(self) -> bool:
         return self.signum is not None
 
-    def reason(self) -> str:
-        """What stopped this process; another rank's signal when this one got none."""
-        return NAMES.get(self.signum, "stop on another rank")
+
+def pass_on(signum: int) -> None:
+    """Call the Python handler that `signum` had before training (submitit's, which requeues
+    the job on rank 0), now that last.pt is saved. Default handlers, and Ctrl-C's, are left
+    alone: the caller exits with its own code."""
+    if signum == signal.SIGINT or signum not in NAMES:
+        return
+    handler = signal.getsignal(signum)
+    if callable(handler) and handler is not signal.default_int_handler:
+        handler(signum, None)

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as tdist
 import torch.nn as nn
 from omegaconf import OmegaConf
 
@@ -25,10 +24,12 @@ from ..log import MetricsFile, WandbLogger
 from . import checkpoint
 from .amp import amp_dtype, autocast_for
 from .build import build
-from .distributed import Dist, any_rank, barrier, setup, teardown
-from .loop import EpochSums, Interrupted, evaluate, train_one_epoch
+from .distributed import (Dist, RankLost, Vote, any_rank, barrier, broadcast_object,
+                          gather_objects, lost_rank, max_rank, setup, teardown)
+from .guard import Diverged, LossGuard
+from .loop import EpochSums, evaluate, train_one_epoch
 from .optim import build_optimizer, build_scheduler
-from .signals import StopSignals
+from .signals import Interrupted, StopSignals
 
 log = logging.getLogger("rpg_train")
 
@@ -76,9 +77,16 @@ class Run:
     holdout_loader: Any = None  # data.val_split > 0: the best epoch is picked on it
     # the best held-out epoch so far: [held-out top-1, epoch (1-based), test top-1 then]
     selected: list | None = None
+    guard: LossGuard = field(init=False)  # divergence: trainer.nan_policy
+    vote: Vote = field(init=False)  # the ranks' agreement on stop / save / diverged
+    last_save: float = field(init=False)  # monotonic time of the last checkpoint
 
     def __post_init__(self):
         self.resolved = OmegaConf.to_container(self.cfg, resolve=True)
+        t = self.cfg.trainer
+        self.guard = LossGuard(t.nan_policy, t.max_loss, t.nan_check_every, self.device)
+        self.vote = Vote(3)
+        self.last_save = time.monotonic()
 
     # the trainer settings the loop reads
     @property
@@ -108,9 +116,37 @@ class Run:
         max_steps = self.cfg.trainer.max_steps
         return max_steps > 0 and self.step >= max_steps
 
-    def should_stop(self) -> bool:
-        """Whether any rank got a stop signal (a collective under DDP)."""
-        return any_rank(self.stop.requested, self.device)
+    def stop_signal(self) -> int:
+        """The stop signal any rank got (the largest number if several), 0 if none; a
+        collective under DDP."""
+        return max_rank(self.stop.signum or 0, self.device)
+
+    def recovery_due(self) -> bool:
+        """Rank 0's clock says a recovery checkpoint is due (trainer.checkpoint_every_min)."""
+        every = self.cfg.trainer.checkpoint_every_min
+        return (every > 0 and self.dist.is_main
+                and time.monotonic() - self.last_save >= every * 60)
+
+    def check(self, end_of_epoch: bool = False) -> None:
+        """Between steps: all ranks agree (a step late under DDP, see Vote) whether one got a
+        stop signal, the loss went bad, or a recovery checkpoint is due, and act on it
+        together. At the end of an epoch the vote is settled and the loss read."""
+        flags = (self.stop.signum or 0, self.recovery_due(),
+                 self.guard.poll(self.step, force=end_of_epoch))
+        stop, save_now, diverged = self.vote(*flags)
+        if end_of_epoch:
+            stop, save_now, diverged = (max(a, b) for a, b in
+                                        zip((stop, save_now, diverged), self.vote.settle()))
+        if save_now and not diverged:  # never save a state that may hold a bad step
+            diverged = any_rank(self.guard.poll(self.step, force=True), self.device)
+        if diverged or stop:
+            self.vote.settle()  # nothing left in flight when the run leaves the loop
+        if diverged:
+            raise self.guard.error()
+        if stop:
+            raise Interrupted(stop)
+        if save_now and not end_of_epoch:  # the epoch's own save follows at its end
+            save(self, "last.pt")
 
     def elapsed(self) -> float:
         return self.elapsed0 + time.perf_counter() - self.t0
@@ -136,7 +172,10 @@ class Run:
         self.scheduler.load_state_dict(s["scheduler"])
         self.scaler.load_state_dict(s["scaler"])
         self.start_epoch, self.start_batch, self.step = s["epoch"], s["batch"], s["step"]
-        self.best, self.elapsed0, self.start_sums = s["best_top1"], s["elapsed"], s["sums"]
+        self.best, self.elapsed0, sums = s["best_top1"], s["elapsed"], s["sums"]
+        # each rank's own sums (older checkpoints hold rank 0's only)
+        self.start_sums = sums[self.dist.rank] if sums and isinstance(sums[0], list) else sums
+        self.guard.skipped = s.get("skipped_steps", 0)
         self.selected = s.get("selected")
         rng = s["rng"]
         checkpoint.set_rng_state(rng[self.dist.rank] if len(rng) == self.dist.world_size
@@ -152,26 +191,43 @@ def train(cfg) -> dict:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     log.setLevel(logging.INFO)
-    dist = setup(cfg.trainer.device)
+    dist = setup(cfg.trainer.device, cfg.trainer.dist_timeout_s)
+    if not dist.is_main:  # one voice: rank 0 logs, the others only warn
+        log.setLevel(logging.WARNING)
     try:
+        # one run directory, rank 0's (every rank composed its own config, and a timestamped
+        # default can differ between them)
+        cfg.out_dir = broadcast_object(str(cfg.out_dir))
         return fit(prepare(cfg, dist, Path(cfg.out_dir), t0))
+    except RuntimeError as err:
+        if dist.world_size > 1 and lost_rank(err):
+            raise RankLost(str(err).splitlines()[0][:300]) from err
+        raise
     finally:
         teardown()
 
 
-def resume_path(cfg, out_dir: Path):
+def load_resume(cfg, out_dir: Path) -> checkpoint.Checkpoint | None:
+    """trainer.resume: auto takes last.pt in the run directory (or, if that is damaged, the
+    one before it); a path is loaded as it is."""
     r = cfg.trainer.resume
     if r == "auto":
-        last = out_dir / "last.pt"
-        return last if last.exists() else None
-    return Path(r) if r else None
+        return checkpoint.load_latest(out_dir / "last.pt")
+    return checkpoint.load(r) if r else None
+
+
+def schedule(cfg, dist: Dist) -> dict:
+    """What the data order and the learning-rate schedule depend on: a resumed run must match."""
+    return {"world size": dist.world_size, "data.batch_size": cfg.data.batch_size,
+            "trainer.epochs": cfg.trainer.epochs}
 
 
 def prepare(cfg, dist: Dist, out_dir: Path, t0: float) -> Run:
     """Everything before the first step: model, data, optimizer, and the resumed state."""
     seed_everything(cfg.trainer.seed)
-    ckpt_path = resume_path(cfg, out_dir)
-    ckpt = checkpoint.load(ckpt_path) if ckpt_path else None
+    ckpt = load_resume(cfg, out_dir)
+    if ckpt is not None:
+        checkpoint.check_schedule(ckpt, schedule(cfg, dist))
     built = build(cfg, dist.device, ckpt=ckpt, rank=dist.rank, world_size=dist.world_size)
     limit = cfg.trainer.limit_batches
     batches = min(len(built.train_loader), limit) if limit else len(built.train_loader)
@@ -209,14 +265,18 @@ def fit(run: Run) -> dict:
                 val = evaluate_all(run)
                 row = logger.epoch(run, val)
                 save_epoch(run, val)
-                if run.should_stop():  # asked during evaluation or saving
-                    raise Interrupted(run.stop.reason())
+                signum = run.stop_signal()  # asked during evaluation or saving
+                if signum:
+                    raise Interrupted(signum)
                 if run.steps_exhausted():
                     break
         except Interrupted as stop:
             if not run.evaluated:  # stopped inside the epoch: save its last whole step
                 save(run, "last.pt")
             logger.interrupted(run, stop)
+            raise
+        except Diverged as bad:  # last.pt keeps the last good state: nothing is saved
+            logger.diverged(run, bad)
             raise
     if row is None:  # resumed a finished run: nothing to train, report the model as it is
         row = dict(epoch=run.start_epoch, **evaluate_all(run))
@@ -227,14 +287,17 @@ def fit(run: Run) -> dict:
 def save(run: Run, name: str) -> None:
     """Write a checkpoint of the current position (a collective: every rank's RNG states)."""
     epoch, batch, sums = run.position()
-    rng = _all_rng_states(run.dist)
+    rng = gather_objects(checkpoint.rng_state())  # every rank's, so each resumes its own
+    sums = gather_objects(sums) if sums is not None else None
     if run.dist.is_main:
         checkpoint.save(run.out_dir / name, dict(
             model=run.plain_model.state_dict(), optimizer=run.optimizer.state_dict(),
             scheduler=run.scheduler.state_dict(), scaler=run.scaler.state_dict(),
             epoch=epoch, batch=batch, step=run.step, best_top1=run.best,
             elapsed=run.elapsed(), sums=sums, rng=rng, identity=run.identity,
-            config=run.resolved, selected=run.selected))
+            schedule=schedule(run.cfg, run.dist), skipped_steps=run.guard.skipped,
+            config=run.resolved, selected=run.selected), keep_previous=name == "last.pt")
+    run.last_save = time.monotonic()
     barrier()
 
 
@@ -261,16 +324,6 @@ def save_epoch(run: Run, val: dict) -> None:
     save(run, "last.pt")
     if improved:
         save(run, "best.pt")
-
-
-def _all_rng_states(dist: Dist) -> list:
-    """Every rank's RNG states, so each rank resumes its own."""
-    state = checkpoint.rng_state()
-    if dist.world_size == 1:
-        return [state]
-    states = [None] * dist.world_size
-    tdist.all_gather_object(states, state)
-    return states
 
 
 class RunLogger:
@@ -311,11 +364,24 @@ class RunLogger:
                     "trainer.resume=auto hydra.run.dir=%s", stop, run.epoch + 1, run.batch,
                     run.out_dir / "last.pt", run.out_dir)
 
+    def diverged(self, run: Run, bad: Diverged) -> None:
+        """results.json says what happened; the checkpoints are those of the last good state."""
+        t = run.cfg.trainer
+        results = dict(status="diverged", diverged_step=bad.step, diverged_loss=bad.loss,
+                       nan_policy=t.nan_policy, max_loss=t.max_loss, steps=run.step,
+                       epochs=run.epoch, param_report=run.report, model=run.spec,
+                       rpg=run.resolved["rpg"], data=run.cfg.data.name, seed=t.seed,
+                       wall_time=run.elapsed(), out_dir=str(run.out_dir))
+        if self.main:
+            (run.out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        self.wandb.summary(dict(diverged_step=bad.step))
+        self.wandb.finish()
+
     def finish(self, run: Run, row: dict) -> dict:
         """results.json. The headline is the final epoch's test top-1; best_top1 picks its
         epoch on the test set (optimistic, kept because papers report it); selected_top1 is
         the test top-1 of the epoch picked on held-out training data (data.val_split)."""
-        results = dict(final_top1=row["val_top1"], final_top5=row["val_top5"],
+        results = dict(final_top1=row["val_top1"], final_top5=row["val_top5"], status="finished",
                        best_top1=run.best, epochs=row["epoch"], steps=run.step,
                        param_report=run.report, model=run.spec, rpg=run.resolved["rpg"],
                        data=run.cfg.data.name, seed=run.cfg.trainer.seed,
@@ -326,6 +392,8 @@ class RunLogger:
             results.update(selected_top1=run.selected[2], selected_epoch=run.selected[1],
                            heldout_top1=run.selected[0])
             summary["selected/top1"] = run.selected[2]
+        if run.guard.skipped:  # nan_policy=skip
+            results["skipped_steps"] = run.guard.skipped
         if run.prune is not None:  # the epochs it spent: the dense run's, then fine-tuning
             results["prune"] = dict(run.prune, finetune_epochs=run.cfg.trainer.epochs)
         if self.main:

@@ -1,0 +1,123 @@
+"""What clusters do to runs, in one process: damaged checkpoints, resumes that cannot continue
+exactly, divergence, recovery checkpoints, SIGUSR1."""
+import importlib
+import json
+import logging
+import os
+import re
+import signal
+
+import pytest
+import torch
+
+from rpg_train.engine import Diverged, checkpoint, train
+from rpg_train.engine.build import build
+from rpg_train.engine.signals import Interrupted, StopSignals, pass_on
+from rpg_train.errors import UserError
+
+engine_train = importlib.import_module("rpg_train.engine.train")  # the module, not train()
+PER_EPOCH = 64 // 16  # QUICK: 64 training samples, batch 16
+
+
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_last_keeps_the_one_before_and_auto_falls_back_to_it(quick_cfg, tmp_path, caplog):
+    full = train(quick_cfg("trainer.epochs=2", out="full"))
+    cut = quick_cfg("trainer.epochs=2", "trainer.max_steps=4", out="cut")
+    train(cut)
+    train(quick_cfg("trainer.epochs=2", "trainer.resume=auto", "trainer.max_steps=5", out="cut"))
+    last, prev = tmp_path / "cut" / "last.pt", tmp_path / "cut" / "last.prev.pt"
+    assert (_state(last)["step"], _state(prev)["step"]) == (5, 4)
+    last.write_bytes(last.read_bytes()[:1000])  # a torn copy
+    with caplog.at_level(logging.WARNING, logger="rpg_train"):
+        resumed = train(quick_cfg("trainer.epochs=2", "trainer.resume=auto", out="cut"))
+    warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(str(last) in w and str(prev) in w and "unreadable" in w for w in warning)
+    assert resumed["final_top1"] == full["final_top1"] and resumed["steps"] == full["steps"]
+
+
+def test_a_damaged_checkpoint_given_by_path_is_refused(quick_cfg, tmp_path):
+    train(quick_cfg(out="run"))
+    bad = tmp_path / "run" / "last.pt"
+    bad.write_bytes(bad.read_bytes()[:1000])
+    with pytest.raises(UserError, match=r"^trainer.resume='.*last.pt' is not a checkpoint"):
+        train(quick_cfg(f"trainer.resume={bad}", out="other"))
+
+
+@pytest.mark.parametrize("override, said", [
+    ("data.batch_size=32", "data.batch_size 16 (now 32)"),
+    ("trainer.epochs=3", "trainer.epochs 2 (now 3)"),
+])
+def test_resume_with_another_schedule_is_refused(quick_cfg, override, said):
+    train(quick_cfg("trainer.epochs=2", "trainer.max_steps=2"))
+    with pytest.raises(UserError, match=re.escape("was trained with " + said)):
+        train(quick_cfg("trainer.epochs=2", "trainer.resume=auto", override))
+
+
+def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(quick_cfg,
+                                                                            tmp_path):
+    train(quick_cfg("trainer.epochs=2", "trainer.max_steps=4"))  # epoch 1, a good last.pt
+    good = (tmp_path / "run" / "last.pt").read_bytes()
+    with pytest.raises(Diverged, match=f"at step {PER_EPOCH + 1}$"):
+        train(quick_cfg("trainer.epochs=2", "trainer.resume=auto", "trainer.max_loss=1e-3"))
+    assert (tmp_path / "run" / "last.pt").read_bytes() == good
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "diverged" and results["diverged_step"] == PER_EPOCH + 1
+    assert results["diverged_loss"] > 1e-3
+
+
+def test_nan_policy_skip_skips_and_counts_bad_steps(quick_cfg, tmp_path):
+    cfg = quick_cfg("trainer.nan_policy=skip", "trainer.max_loss=1e-3")
+    results = train(cfg)
+    assert results["skipped_steps"] == results["steps"] == PER_EPOCH
+    engine_train.seed_everything(cfg.trainer.seed)  # the initial model, as prepare builds it
+    init = build(cfg, torch.device("cpu")).model.state_dict()
+    trained = _state(tmp_path / "run" / "last.pt")["model"]
+    params = [k for k in init if "running" not in k and "num_batches" not in k]
+    assert params and all(torch.equal(init[k], trained[k]) for k in params)
+
+
+def test_recovery_checkpoints_are_written_mid_epoch_and_change_nothing(quick_cfg, monkeypatch):
+    plain = train(quick_cfg("trainer.checkpoint_every_min=0", out="plain"))
+    saved, real = [], engine_train.save
+    monkeypatch.setattr(engine_train, "save",
+                        lambda run, name: (saved.append((name, run.batch)), real(run, name)))
+    often = train(quick_cfg("trainer.checkpoint_every_min=1e-9", out="often"))
+    assert [b for n, b in saved if n == "last.pt"] == [1, 2, 3, PER_EPOCH]
+    assert often["final_top1"] == plain["final_top1"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.nan_policy=ignore", "trainer.nan_policy='ignore' is not valid"),
+    ("trainer.max_loss=0", "trainer.max_loss=0.0 must be positive"),
+    ("trainer.checkpoint_every_min=-1", "trainer.checkpoint_every_min=-1.0 must not be"),
+    ("trainer.dist_timeout_s=0", "trainer.dist_timeout_s=0.0 must be positive"),
+])
+def test_fault_settings_are_checked(quick_cfg, override, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        train(quick_cfg(override))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGUSR2])
+def test_slurm_signals_stop_like_sigterm_and_are_passed_on(signum):
+    """SLURM's warning signals set the stop flag while training; afterwards the handler that
+    was there before (submitit's requeue) gets the signal, a default handler does not."""
+    seen = []
+    before = signal.signal(signum, lambda s, f: seen.append(s))
+    try:
+        with StopSignals() as stop:
+            os.kill(os.getpid(), signum)
+            assert stop.requested and seen == []
+        assert str(Interrupted(stop.signum)) == signum.name
+        pass_on(stop.signum)
+        assert seen == [signum]
+        signal.signal(signum, signal.SIG_DFL)
+        pass_on(signum)  # the default would end the process: it is left alone
+    finally:
+        signal.signal(signum, before)
+
+
+def test_load_latest_without_files_is_none(tmp_path):
+    assert checkpoint.load_latest(tmp_path / "last.pt") is None

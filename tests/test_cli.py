@@ -137,14 +137,43 @@ def test_sigterm_saves_last_and_resume_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_torchrun_ddp_on_two_cpu_processes(tmp_path):
-    """DDP through torchrun (gloo on the CPU): both ranks train, rank 0 writes the outputs."""
+    """DDP through torchrun (gloo on the CPU), with Hydra's timestamped default run directory:
+    both ranks train in one run directory, and only rank 0 writes or logs there."""
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "rpg_train", *SMALL, "trainer.epochs=2", f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+         "-m", "rpg_train", *SMALL, "trainer.epochs=2", "trainer.progress=false"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+    made = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    run = tmp_path / made[0].parts[0] / made[0].parts[1] / made[0].parts[2]
+    assert all(run in (tmp_path / m).parents for m in made), made  # one directory holds all
+    assert (run / ".hydra" / "config.yaml").is_file()
+    results = json.loads((run / "results.json").read_text())
     assert results["steps"] == 2 * (64 // 2 // 16)  # each rank sees half of every epoch
-    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    ckpt = torch.load(run / "last.pt", weights_only=True)
     assert len(ckpt["rng"]) == 2 and ckpt["epoch"] == 2
+    start = "resnet20 network: ring 2000"
+    assert (run / "train.log").read_text().count(start) == 1
+    assert proc.stderr.count(start) + proc.stdout.count(start) == 1
+
+
+def test_slurm_launcher_runs_one_world_in_one_directory(tmp_path):
+    """hydra/launcher=slurm_local (the SLURM launcher on submitit's local executor): the job's
+    two tasks form one DDP world from submitit's environment, and only rank 0 writes."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rpg_train", "-m", "hydra/launcher=slurm_local", *SMALL,
+         "trainer.epochs=2", "trainer.progress=false", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = sweep / "0"
+    assert sorted(p.name for p in sweep.iterdir()) == [".submitit", "0", "multirun.yaml"]
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["schedule"]["world size"] == 2 and len(ckpt["rng"]) == 2
+    results = json.loads((run / "results.json").read_text())
+    assert results["steps"] == 2 * (64 // 2 // 16)  # each task sees half of every epoch
+    assert (run / "train.log").read_text().count("resnet20 network: ring 2000") == 1
+    logs = sorted((sweep / ".submitit").glob("*/*_log.out"))
+    assert len(logs) == 2 and "resnet20 network" not in logs[1].read_text()  # rank 1 is quiet

@@ -1,7 +1,9 @@
 """`python -m rpg_train [overrides]`: compose the config, train, exit with a status."""
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 import sys
 
 import hydra
@@ -13,13 +15,15 @@ from .config import register
 from .errors import UserError
 
 register()
+EXIT = {"Ctrl-C": 130, "SIGUSR1": 138, "SIGUSR2": 140, "SIGTERM": 143}  # 128 + the number
 log = logging.getLogger("rpg_train")
-from .paths import CONF  # noqa: E402  conf/: the checkout's, or the copy a wheel ships
+from .paths import CONF, QUIET  # noqa: E402  conf/: the checkout's, or the copy a wheel ships
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from .engine import Interrupted, train
+    from .engine import Diverged, Interrupted, RankLost, train
+    from .engine.signals import pass_on
 
     hc = HydraConfig.get()
     with open_dict(cfg):
@@ -34,10 +38,49 @@ def main(cfg: DictConfig) -> float | None:
             return None  # let the sweep's other jobs run
         sys.exit(2)
     except Interrupted as stop:
-        sys.exit(130 if str(stop) == "Ctrl-C" else 143)
+        pass_on(stop.signum)  # under SLURM: submitit requeues the job (rank 0), then exits
+        sys.exit(EXIT.get(str(stop), 143))
+    except RankLost as err:  # the traceback is the backend's, not ours: one line
+        log.error("error: another process of this run was lost (%s); stopped. Start the "
+                  "run again with trainer.resume=auto to continue from its last checkpoint",
+                  err)
+        sys.exit(1)
+    except Diverged as bad:
+        log.error("error: %s (trainer.nan_policy=%s, trainer.max_loss=%s); stopped without "
+                  "saving, so last.pt still holds the last good state", bad,
+                  cfg.trainer.nan_policy, cfg.trainer.max_loss)
+        if hc.mode == RunMode.MULTIRUN:
+            return None
+        sys.exit(3)
     # what a Hydra sweeper would optimise: the held-out pick when there is one
     return results.get("selected_top1", results["final_top1"])
 
 
-if __name__ == "__main__":
+def register_launchers() -> None:
+    """Make hydra/launcher=slurm's classes known to Hydra. Its plugin scan finds them in an
+    installed wheel but not through an editable install's import hook, so name them."""
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.rpg_train_launcher import launcher
+
+    for cls in (launcher.SlurmLauncher, launcher.LocalLauncher):
+        Plugins.instance().register(cls)
+
+
+def cli() -> None:
+    """The command line. A process of rank > 0 under torchrun composes the same config but
+    lets Hydra write nothing: it trains in rank 0's run directory (see engine.train)."""
+    if int(os.environ.get("RANK", "0")) > 0:
+        sys.argv += QUIET + ["hydra.run.dir=."]
+    launcher = next((a.split("=", 1)[1] for a in sys.argv[1:]
+                     if a.startswith("hydra/launcher=")), "")
+    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None:
+        register_launchers()
+    elif launcher.startswith("slurm"):
+        print(f"error: hydra/launcher={launcher} needs the slurm extra: pip install "
+              "'rpg-train[slurm]' (hydra-submitit-launcher)", file=sys.stderr)
+        sys.exit(2)
     main()
+
+
+if __name__ == "__main__":
+    cli()

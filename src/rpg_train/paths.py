@@ -23,3 +23,8 @@ def config_dir() -> Path:
 
 
 CONF = str(config_dir())
+
+# What a process of rank > 0 adds to its overrides: the same config, but Hydra writes nothing
+# (no .hydra/, no train.log): only rank 0 writes the run directory. Used under torchrun
+# (rpg_train.__main__) and by the SLURM launcher (hydra_plugins.rpg_train_launcher).
+QUIET = ["hydra.output_subdir=null", "hydra/job_logging=none"]

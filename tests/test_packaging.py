@@ -68,7 +68,7 @@ def test_wheel_holds_every_package_and_config(wheel):
               for p in (ROOT / "conf").rglob("*.yaml") if p.parent != ROOT / "conf"}
     assert {g for g in groups if f'"{g}"' not in listed} == set(), "list it in pyproject.toml"
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "rpg-train = rpg_train.__main__:main" in zipfile.ZipFile(wheel).read(
+    assert "rpg-train = rpg_train.__main__:cli" in zipfile.ZipFile(wheel).read(
         entry_points).decode()
 
 

@@ -52,13 +52,14 @@ DEFAULT_RUN = {
     "data": dict(name="fashion_mnist", root=None, batch_size=128, eval_batch_size=512,
                  num_workers=8, download=True, augment=False, val_split=0, num_train=512, num_val=256,
                  in_chans=3, image_size=32, num_classes=10),
-    "optim": dict(name="sgd", lr=0.1, momentum=0.9, nesterov=False, betas=[0.9, 0.999],
+    "optim": dict(name="sgd", lr=0.2, lr_batch=256, momentum=0.9, nesterov=False, betas=[0.9, 0.999],
                   weight_decay=5e-4, wd_norm=False),
     "sched": dict(name="cosine", warmup_epochs=1, warmup_start=0.1, min_lr=0.0, step_size=30,
                   gamma=0.1, decay_epochs=45),
     "trainer": dict(epochs=5, seed=0, device="auto", amp="auto", channels_last=True,
                     compile=False, grad_clip=0.0, label_smoothing=0.0, max_steps=0,
-                    limit_batches=0, resume=None, progress=True, checkpoint_every_min=30.0,
+                    limit_batches=0, resume=None, progress=True, accumulate=1, sync_bn=False,
+                    checkpoint_every_min=30.0,
                     dist_timeout_s=600.0, nan_policy="stop", max_loss=None,
                     nan_check_every=50),
     "logger": dict(name="none", project="rpg-train", entity=None, mode="auto", group=None,
@@ -200,6 +201,7 @@ def test_rpg_params_fraction_is_a_share_of_the_generated_weights(compose_cfg):
 
 @pytest.mark.parametrize("override,message", [
     ("+model.kwargs.nope=1", "model.kwargs={'nope': 1} do not fit resnet20: "),
+    ("+model.kwargs.norm=layer", "model.kwargs.norm='layer' is not one of: batch, group"),
     ("+model.kwargs.shortcut=C", "model.kwargs.shortcut='C' is not one of: A, B"),
     ("model.name=timm:no_such_net", "model.name='timm:no_such_net' is not a timm model"),
 ])

@@ -81,7 +81,11 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     name: str = "sgd"  # engine.optim.OPTIMIZERS: sgd | adamw
-    lr: float = 0.1
+    # lr is for a global batch of lr_batch images: the run applies lr * global batch / lr_batch
+    # (global batch = data.batch_size * processes * trainer.accumulate), so one recipe gives
+    # the same training on 1 or 64 GPUs; lr_batch null applies lr as it is
+    lr: float = 0.2
+    lr_batch: Optional[int] = 256
     momentum: float = 0.9
     nesterov: bool = False
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -114,6 +118,8 @@ class TrainerConfig:
     limit_batches: int = 0  # batches per epoch, train and val; 0 = all
     resume: Optional[str] = None  # auto (last.pt in the run directory) | PATH
     progress: bool = True  # tqdm bar, when the output is a terminal
+    accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
+    sync_bn: bool = False  # BatchNorm statistics over all processes (CUDA only)
     # faults: a recovery last.pt every N minutes mid-epoch (0 = at epoch ends only); a
     # collective that waits this long for a lost rank fails instead of hanging
     checkpoint_every_min: float = 30.0
@@ -198,7 +204,7 @@ def validate(cfg) -> None:
         raise UserError("model.name", cfg.model.name, "is not a known model; choose one of: "
                         + ", ".join(available()))
     for key in ("trainer.epochs", "data.batch_size", "data.eval_batch_size", "sched.step_size",
-                "trainer.nan_check_every"):
+                "trainer.nan_check_every", "trainer.accumulate"):
         if _get(cfg, key) < 1:
             raise UserError(key, _get(cfg, key), "must be at least 1")
     for key in ("trainer.max_steps", "trainer.limit_batches", "trainer.grad_clip",
@@ -212,6 +218,8 @@ def validate(cfg) -> None:
     if not 0 <= cfg.trainer.label_smoothing < 1:
         raise UserError("trainer.label_smoothing", cfg.trainer.label_smoothing,
                         "must be in [0, 1)")
+    if cfg.optim.lr_batch is not None and cfg.optim.lr_batch < 1:
+        raise UserError("optim.lr_batch", cfg.optim.lr_batch, "must be at least 1 (or null)")
     if cfg.trainer.max_loss is not None and not cfg.trainer.max_loss > 0:
         raise UserError("trainer.max_loss", cfg.trainer.max_loss, "must be positive (or null)")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.trainer.device):

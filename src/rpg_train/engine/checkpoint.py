@@ -134,7 +134,8 @@ def check_schedule(ckpt: Checkpoint, schedule: dict) -> None:
     theirs = ckpt.state.get("schedule")
     if theirs is None:
         return
-    diff = [f"{k} {theirs.get(k)} (now {v})" for k, v in schedule.items() if theirs.get(k) != v]
+    diff = [f"{k} {theirs[k]} (now {v})" for k, v in schedule.items()
+            if k in theirs and theirs[k] != v]  # a key added later is not checked
     if diff:
         raise ckpt.error("was trained with " + ", ".join(diff) + "; resume with the same "
                          "values (the data order and the learning-rate schedule depend on "

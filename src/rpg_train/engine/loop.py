@@ -1,6 +1,7 @@
 """One training epoch and one evaluation pass: short and linear (after DeiT's engine.py)."""
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -21,11 +22,19 @@ class EpochSums:
             self.t.copy_(torch.as_tensor(state[:2], dtype=torch.float64))
             self.n, self.seconds = int(state[2]), state[3]
 
-    def add(self, loss, logits, target):
+    @staticmethod
+    def stats(loss, logits, target) -> tuple:
+        """One batch's (loss * n, correct) on the device, and n."""
         n = target.numel()
-        self.t[0] += loss.detach().double() * n
-        self.t[1] += (logits.argmax(1) == target).sum()
+        correct = (logits.detach().argmax(1) == target).sum().double()
+        return torch.stack([loss.detach().double() * n, correct]), n
+
+    def add_stats(self, t, n: int) -> None:
+        self.t += t
         self.n += n
+
+    def add(self, loss, logits, target):
+        self.add_stats(*self.stats(loss, logits, target))
 
     def state(self) -> list[float]:
         return [*self.t.tolist(), self.n, self.seconds]
@@ -38,26 +47,37 @@ class EpochSums:
 
 def train_one_epoch(run) -> None:
     """Train `run` through its current epoch, from `run.batch` on (a resumed epoch starts
-    mid-way), adding to `run.sums`. Between steps `run.check` acts on stop signals, recovery
-    checkpoints and divergence, so the state it saves is always that of whole steps."""
+    mid-way), adding to `run.sums`. One optimizer step per trainer.accumulate micro-batches
+    (DDP syncs gradients on the last one only). Between steps `run.check` acts on stop
+    signals, recovery checkpoints and divergence, so the state it saves is always that of
+    whole steps."""
     model, opt, sched, scaler, guard = run.model, run.optimizer, run.scheduler, run.scaler, run.guard
     model.train()
-    loader, sums, start_batch = run.train_loader, run.sums, run.batch
+    loader, sums, start_batch, accumulate = run.train_loader, run.sums, run.batch, run.accumulate
     loader.set_epoch(run.epoch, start_batch)
     bar = progress(loader, run.batches_per_epoch - start_batch, f"epoch {run.epoch + 1}",
                    run.show_progress)
     start = time.perf_counter()
+    step_loss, step_stats = 0.0, []  # this step's micro-batches: summed loss, metric sums
     try:
         for x, y in bar:
             if run.batch >= run.batches_per_epoch or run.steps_exhausted():
                 break
             if run.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with run.autocast():
-                logits = model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=run.label_smoothing)
-            scaler.scale(loss).backward()
-            if guard.skip(loss):  # nan_policy=skip: no update, no metrics for this step
+            last = (run.batch + 1) % accumulate == 0
+            with no_sync(model, not last):
+                with run.autocast():
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y, label_smoothing=run.label_smoothing)
+                scaler.scale(loss / accumulate).backward()
+            step_loss = step_loss + loss.detach()
+            step_stats.append(sums.stats(loss, logits, y))
+            run.batch += 1
+            if not last:
+                continue
+            step_loss = step_loss / accumulate
+            if guard.skip(step_loss):  # nan_policy=skip: no update, no metrics for this step
                 opt.zero_grad(set_to_none=True)
             else:
                 if run.grad_clip > 0:
@@ -66,21 +86,28 @@ def train_one_epoch(run) -> None:
                 scaler.step(opt)
                 scaler.update()
                 opt.zero_grad(set_to_none=True)
-                guard.watch(loss, run.step + 1)
-                sums.add(loss, logits.float(), y)
+                guard.watch(step_loss, run.step + 1)
+                for stats in step_stats:
+                    sums.add_stats(*stats)
             sched.step()
-            run.batch += 1
             run.step += 1
-            if run.batch % 20 == 0 and not bar.disable:
+            if run.step % 20 == 0 and not bar.disable:
                 rate = (run.batch - start_batch) * x.shape[0] / (time.perf_counter() - start)
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.3g}",
-                                img_s=f"{rate:.0f}")
+                bar.set_postfix(loss=f"{step_loss.item():.3f}",
+                                lr=f"{sched.get_last_lr()[0]:.3g}", img_s=f"{rate:.0f}")
+            step_loss, step_stats = 0.0, []
             if run.batch < run.batches_per_epoch:  # after the last step: check(end_of_epoch)
                 run.check()
     finally:
         sums.seconds += time.perf_counter() - start
         bar.close()
     run.check(end_of_epoch=True)
+
+
+def no_sync(model, skip: bool):
+    """DDP's no_sync() for a micro-batch whose gradients are only accumulated; a no-op else."""
+    inner = getattr(model, "_orig_mod", model)  # through torch.compile
+    return inner.no_sync() if skip and hasattr(inner, "no_sync") else contextlib.nullcontext()
 
 
 @torch.no_grad()

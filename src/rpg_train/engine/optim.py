@@ -35,20 +35,28 @@ def param_groups(model: nn.Module, weight_decay: float, wd_norm: bool) -> list[d
     return [g for g in groups if g["params"]]
 
 
-def _sgd(groups, cfg):
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+def _sgd(groups, cfg, lr):
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
-def _adamw(groups, cfg):
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+def _adamw(groups, cfg, lr):
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
 
 
-OPTIMIZERS = {"sgd": _sgd, "adamw": _adamw}  # optim.name -> builder(param groups, optim cfg)
+OPTIMIZERS = {"sgd": _sgd, "adamw": _adamw}  # optim.name -> builder(groups, optim cfg, lr)
 
 
-def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+def applied_lr(cfg, global_batch: int) -> float:
+    """The linear scaling rule: optim.lr is for a global batch of optim.lr_batch images
+    (null: optim.lr as it is)."""
+    return cfg.lr if cfg.lr_batch is None else cfg.lr * global_batch / cfg.lr_batch
+
+
+def build_optimizer(cfg, model: nn.Module, global_batch: int | None = None):
+    """The optimizer at applied_lr(cfg, global_batch) (optim.lr itself when no batch is given)."""
     check_choice("optim.name", cfg.name, OPTIMIZERS)
-    return OPTIMIZERS[cfg.name](param_groups(model, cfg.weight_decay, cfg.wd_norm), cfg)
+    lr = cfg.lr if global_batch is None else applied_lr(cfg, global_batch)
+    return OPTIMIZERS[cfg.name](param_groups(model, cfg.weight_decay, cfg.wd_norm), cfg, lr)
 
 
 # After warmup, the multiplier of the base lr at fractional epoch t. Cosine is smooth; step
@@ -84,7 +92,8 @@ def lr_factor(t: float, *, name: str, epochs: int, warmup_epochs: float, warmup_
 
 
 def build_scheduler(cfg, base_lr: float, optimizer, epochs: int, steps_per_epoch: int):
-    """A LambdaLR stepped once per optimizer step."""
+    """A LambdaLR stepped once per optimizer step. sched.min_lr is in optim.lr's units
+    (`base_lr`), so the floor scales with the batch as the lr does."""
     kw = dict(name=cfg.name, epochs=epochs, warmup_epochs=cfg.warmup_epochs,
               warmup_start=cfg.warmup_start, min_ratio=cfg.min_lr / base_lr,
               step_size=cfg.step_size, gamma=cfg.gamma, decay_epochs=cfg.decay_epochs)

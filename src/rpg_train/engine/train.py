@@ -20,6 +20,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from ..config import validate
+from ..errors import UserError
 from ..log import MetricsFile, WandbLogger
 from . import checkpoint
 from .amp import amp_dtype, autocast_for
@@ -98,6 +99,10 @@ class Run:
         return self.cfg.trainer.channels_last
 
     @property
+    def accumulate(self) -> int:
+        return self.cfg.trainer.accumulate
+
+    @property
     def grad_clip(self) -> float:
         return self.cfg.trainer.grad_clip
 
@@ -147,6 +152,11 @@ class Run:
             raise Interrupted(stop)
         if save_now and not end_of_epoch:  # the epoch's own save follows at its end
             save(self, "last.pt")
+
+    @property
+    def base_lr(self) -> float:
+        """The lr applied before the schedule (optim.lr scaled to the global batch)."""
+        return self.optimizer.param_groups[0]["initial_lr"]
 
     def elapsed(self) -> float:
         return self.elapsed0 + time.perf_counter() - self.t0
@@ -219,7 +229,12 @@ def load_resume(cfg, out_dir: Path) -> checkpoint.Checkpoint | None:
 def schedule(cfg, dist: Dist) -> dict:
     """What the data order and the learning-rate schedule depend on: a resumed run must match."""
     return {"world size": dist.world_size, "data.batch_size": cfg.data.batch_size,
-            "trainer.epochs": cfg.trainer.epochs}
+            "trainer.accumulate": cfg.trainer.accumulate, "trainer.epochs": cfg.trainer.epochs}
+
+
+def global_batch(cfg, dist: Dist) -> int:
+    """Images per optimizer step over all processes (what optim.lr is scaled by)."""
+    return cfg.data.batch_size * dist.world_size * cfg.trainer.accumulate
 
 
 def prepare(cfg, dist: Dist, out_dir: Path, t0: float) -> Run:
@@ -228,11 +243,23 @@ def prepare(cfg, dist: Dist, out_dir: Path, t0: float) -> Run:
     ckpt = load_resume(cfg, out_dir)
     if ckpt is not None:
         checkpoint.check_schedule(ckpt, schedule(cfg, dist))
+    t, accumulate = cfg.trainer, cfg.trainer.accumulate
+    if t.sync_bn and dist.world_size > 1 and dist.device.type != "cuda":
+        raise UserError("trainer.sync_bn", True, f"needs CUDA devices (SyncBatchNorm); this run "
+                        f"is on {dist.device.type}. Use a model without BatchNorm statistics "
+                        "across the batch instead (model.kwargs.norm=group for the CIFAR ResNets)")
     built = build(cfg, dist.device, ckpt=ckpt, rank=dist.rank, world_size=dist.world_size)
-    limit = cfg.trainer.limit_batches
-    batches = min(len(built.train_loader), limit) if limit else len(built.train_loader)
-    optimizer = build_optimizer(cfg.optim, built.model)
-    scheduler = build_scheduler(cfg.sched, cfg.optim.lr, optimizer, cfg.trainer.epochs, batches)
+    if t.sync_bn and dist.world_size > 1:
+        built.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(built.model)
+    # micro-batches per epoch, a whole number of optimizer steps
+    batches = min(len(built.train_loader), t.limit_batches or len(built.train_loader))
+    batches -= batches % accumulate
+    if batches == 0:
+        raise UserError("trainer.accumulate", accumulate, "is more than the batches of an "
+                        f"epoch ({len(built.train_loader)} per process)")
+    optimizer = build_optimizer(cfg.optim, built.model, global_batch(cfg, dist))
+    scheduler = build_scheduler(cfg.sched, cfg.optim.lr, optimizer, t.epochs,
+                                batches // accumulate)
     dtype = amp_dtype(cfg.trainer.amp, dist.device)
     scaler = torch.amp.GradScaler(dist.device.type, enabled=dtype == torch.float16)
     if dist.world_size > 1:  # identical init above; now dropout and the like differ per rank
@@ -341,6 +368,13 @@ class RunLogger:
         log.info("%s %s: ring %d, trainable %d, generated %d, dense %d (%.1fx) on %s",
                  run.spec["name"], kind, r["ring"], r["trainable"], r["generated"], r["dense"],
                  r["compression"], run.device)
+        o, t = run.cfg.optim, run.cfg.trainer
+        per = "as given" if o.lr_batch is None else f"optim.lr {o.lr:g} per {o.lr_batch} images"
+        log.info("batch %d x %d process%s x %d micro-batch%s = %d images per step; lr %.4g (%s)",
+                 run.cfg.data.batch_size, run.dist.world_size,
+                 "es" if run.dist.world_size > 1 else "", t.accumulate,
+                 "es" if t.accumulate > 1 else "", global_batch(run.cfg, run.dist),
+                 run.base_lr, per)
 
     def epoch(self, run: Run, val: dict) -> dict:
         """One metrics row per epoch (the train sums' reduction is a collective)."""
@@ -385,6 +419,8 @@ class RunLogger:
                        best_top1=run.best, epochs=row["epoch"], steps=run.step,
                        param_report=run.report, model=run.spec, rpg=run.resolved["rpg"],
                        data=run.cfg.data.name, seed=run.cfg.trainer.seed,
+                       world_size=run.dist.world_size,
+                       global_batch=global_batch(run.cfg, run.dist), lr=run.base_lr,
                        wall_time=run.elapsed(), peak_memory_mb=_peak_memory_mb(run.device),
                        out_dir=str(run.out_dir))
         summary = {"final/top1": results["final_top1"], "best_on_test/top1": run.best}

@@ -3,8 +3,12 @@
 Shortcuts are option A by default (stride-2 subsampling plus zero-padded channels, parameter
 free), as in the paper, so ResNet-20 has 0.27 M parameters; option B uses 1x1 conv + BN.
 Stages are named layer1..layer3 like torchvision's, so RPG's stage and block scopes find them.
+norm="group" swaps BatchNorm for GroupNorm: per-sample statistics, so a step does not depend
+on how the batch is split over processes (small per-GPU batches; SyncBatchNorm needs CUDA).
 """
 from __future__ import annotations
+
+import math
 
 import torch.nn as nn
 import torch.nn.functional as F
@@ -22,20 +26,24 @@ class _PadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
 
 
+NORMS = {"batch": nn.BatchNorm2d,
+         "group": lambda c: nn.GroupNorm(math.gcd(c, 8), c)}  # model.kwargs.norm
+
+
 class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, shortcut: str):
+    def __init__(self, cin: int, cout: int, stride: int, shortcut: str, norm=nn.BatchNorm2d):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
+        self.bn1 = norm(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        self.bn2 = norm(cout)
         self.downsample = None
         if stride != 1 or cin != cout:
             if shortcut == "A":
                 self.downsample = _PadShortcut(stride, cout - cin)
             else:
                 self.downsample = nn.Sequential(
-                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+                    nn.Conv2d(cin, cout, 1, stride, bias=False), norm(cout)
                 )
 
     def forward(self, x):
@@ -47,21 +55,25 @@ class BasicBlock(nn.Module):
 
 class CifarResNet(nn.Module):
     def __init__(self, depth: int, num_classes: int = 10, in_chans: int = 3, base_width: int = 16,
-                 shortcut: str = "A"):
+                 shortcut: str = "A", norm: str = "batch"):
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise UserError("depth", depth, "is not 6n+2 (20, 32, 44, 56, 110, ...)")
         if shortcut not in ("A", "B"):
             raise UserError("shortcut", shortcut, "is not one of: A, B")
+        if norm not in NORMS:
+            raise UserError("norm", norm, "is not one of: " + ", ".join(NORMS))
+        make_norm = NORMS[norm]
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_chans, base_width, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(base_width)
+        self.bn1 = make_norm(base_width)
         widths = [base_width, 2 * base_width, 4 * base_width]
         cin = base_width
         for i, w in enumerate(widths):
             blocks = []
             for b in range(n):
-                blocks.append(BasicBlock(cin, w, 2 if (b == 0 and i > 0) else 1, shortcut))
+                blocks.append(BasicBlock(cin, w, 2 if (b == 0 and i > 0) else 1, shortcut,
+                                         make_norm))
                 cin = w
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.fc = nn.Linear(cin, num_classes)

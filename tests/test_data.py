@@ -324,3 +324,36 @@ def test_a_crafted_cifar_pickle_is_refused_without_running_it(tmp_path):
                                         r"io.open\)"):
         build_loaders(make_cfg("cifar10", tmp_path), "cpu", seed=0)
     assert not marker.exists()
+
+
+def _download_order(rank, world, log, port):
+    import time
+
+    import torch.distributed as dist
+
+    from rpg_train.data.loaders import rank0_first
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+
+    def load(first):
+        if first:
+            time.sleep(1.0)  # a slow download: the others must wait for it
+        with open(log, "a") as f:
+            f.write(f"{rank} {first}\n")
+
+    rank0_first(load, rank, world)
+    dist.destroy_process_group()
+
+
+def test_only_rank_0_downloads_and_the_others_wait(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "log"
+    mp.spawn(_download_order, args=(2, str(log), port), nprocs=2)
+    assert log.read_text().splitlines() == ["0 True", "1 False"]

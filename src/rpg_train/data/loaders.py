@@ -244,6 +244,24 @@ def build_loaders(cfg, device, seed: int, rank: int = 0, world_size: int = 1, wi
     return data.train, data.val
 
 
+def rank0_first(fn, rank: int, world_size: int):
+    """fn(True) on rank 0 (which may download), then fn(False) on the others once rank 0 is
+    done, so processes never download into the same folder at once. Rank 0 reaches the
+    barrier even when it fails; the others then fail on the missing files themselves."""
+    if world_size == 1:
+        return fn(True)
+    import torch.distributed as dist
+
+    barrier = dist.barrier if dist.is_available() and dist.is_initialized() else (lambda: None)
+    if rank == 0:
+        try:
+            return fn(True)
+        finally:
+            barrier()
+    barrier()
+    return fn(False)
+
+
 def build_data(cfg, device, seed: int, rank: int = 0, world_size: int = 1,
                with_train: bool = True) -> Loaders:
     """The loaders for cfg.name; see the package docstring for the contract. with_train=False
@@ -269,7 +287,8 @@ def build_data(cfg, device, seed: int, rank: int = 0, world_size: int = 1,
             aug = dict()
         else:
             load = ds.load_cifar if name.startswith("cifar") else ds.load_mnist_like
-            data = load(name, root, download)
+            data = rank0_first(lambda first: load(name, root, download and first), rank,
+                               world_size if download else 1)
             mean, std = MEAN_STD[name]
             pad, flip = AUGMENT[name]
             kw.update(mean=mean, std=std)

@@ -11,22 +11,23 @@ PYTHON := $(VENV)/bin/python
 ENV := $(PYTHON)
 endif
 DATA ?= /data/imagenet
-# all local GPUs (1 without nvidia-smi); NODES > 1 needs MASTER_ADDR (rank 0's host) and
-# NODE_RANK on each node
+# GPUS: processes per node, all GPUs that nvidia-smi lists (1 without it; under
+# CUDA_VISIBLE_DEVICES set GPUS= yourself). NODES > 1: run the same make command on every
+# node with MASTER_ADDR = a host all nodes reach (c10d rendezvous there) and DATA / the run
+# directories on a shared file system.
 GPUS ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | wc -l); echo $$(( n > 0 ? n : 1 )))
 NODES ?= 1
-NODE_RANK ?= 0
 MASTER_ADDR ?= localhost
 MASTER_PORT ?= 29500
 ARGS ?=
 ifeq ($(NODES),1)
 TORCHRUN = $(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS)
 else
-TORCHRUN = $(PYTHON) -m torch.distributed.run --nnodes=$(NODES) --node_rank=$(NODE_RANK) \
-  --nproc_per_node=$(GPUS) --master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT)
+TORCHRUN = $(PYTHON) -m torch.distributed.run --nnodes=$(NODES) --nproc_per_node=$(GPUS) \
+  --rdzv_backend=c10d --rdzv_endpoint=$(MASTER_ADDR):$(MASTER_PORT) --rdzv_id=rpg-$@
 endif
 
-.PHONY: install data train test test-all bench imagenet-r18 imagenet-r34 cifar10 cifar100 \
+.PHONY: install data train test test-all bench bench-train bench-data imagenet-r18 imagenet-r34 cifar10 cifar100 \
 	sweep-fmnist study-dof study-equal-dof study-ablations aggregate-fmnist clean
 
 # Debian and Ubuntu ship ensurepip, which venv needs for pip, apart in python3-venv: check it
@@ -61,9 +62,16 @@ test-all: install
 bench: install
 	$(PYTHON) scripts/bench_rpg.py
 
+# the engine against a bare training loop, and the ImageNet loader against a bare DataLoader
+bench-train: install
+	$(PYTHON) scripts/bench_train.py $(ARGS)
+
+bench-data: install
+	$(PYTHON) scripts/bench_data.py $(ARGS)
+
 # Paper rows on ImageNet, one fixed run directory each under runs/imagenet (a rerun resumes
 # after preemption), then the table beside the paper's numbers:
-#   make imagenet-r34 DATA=/data/imagenet [GPUS=8] [NODES=2 NODE_RANK=.. MASTER_ADDR=..]
+#   make imagenet-r34 DATA=/data/imagenet [GPUS=8] [NODES=2 MASTER_ADDR=host]
 # The recipe's batch of 256 is split over all processes.
 ROWS_imagenet-r18 = imagenet_r18_rpg imagenet_r18_dense
 ROWS_imagenet-r34 = imagenet_r34_rpg imagenet_r34_rpg_tiny imagenet_r34_dense

@@ -130,8 +130,18 @@ def test_imagenet_folder(tmp_path):
         assert torch.allclose(xb[:, :, 100, 100], centre[3 * yb], atol=1e-5)
     b2 = list(train)
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(b1, b2))
+    # workers ship uint8 (normalised on the device), the same values as torchvision's
+    # ToTensor + Normalize
+    from torchvision import transforms as T
+    from PIL import Image
+    img = val._loader.dataset.folder.loader(val._loader.dataset.folder.samples[0][0])
+    assert val._loader.dataset[(0, 0)][0].dtype == torch.uint8
+    ref = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
+                     T.Normalize(*MEAN_STD["imagenet"])])(img)
+    assert isinstance(img, Image.Image) and torch.allclose(x[0], ref, atol=1e-5)
     cfg.num_workers = 1  # per-sample seeds: identical batches with workers
     tw, _ = build_loaders(cfg, "cpu", seed=1)
+    assert tw._loader.persistent_workers and tw._loader.prefetch_factor == 4
     b3 = list(tw)
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(b1, b3))
 

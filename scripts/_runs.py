@@ -155,11 +155,21 @@ def _skipped(path: Path, root: Path) -> bool:
     return any(p.startswith(".") or p == "wandb" for p in parts)
 
 
+def _finished(results: Path) -> bool:
+    """A results.json of a finished run: not one that says it diverged (status, written
+    since the divergence guard; older files have none and are all finished runs)."""
+    try:
+        return json.loads(results.read_text()).get("status", "finished") == "finished"
+    except (OSError, ValueError, AttributeError):
+        return True  # unreadable: checked_load reports it in one line
+
+
 def find_run_dirs(root: Path) -> tuple[list[Path], list[Path]]:
-    """(finished, unfinished) run directories anywhere under root: finished ones hold
-    results.json; a directory with a config.yaml but no results.json is a run that has not
-    finished yet (or died), unless it lies inside a finished run."""
-    finished = sorted({p.parent for p in root.rglob("results.json") if not _skipped(p, root)})
+    """(finished, unfinished) run directories anywhere under root: finished ones hold the
+    results.json of a finished run; a directory with a config.yaml and no such file is a run
+    that has not finished yet (or died, or diverged), unless it lies inside a finished run."""
+    finished = sorted({p.parent for p in root.rglob("results.json")
+                       if not _skipped(p, root) and _finished(p)})
     started = {p.parent for p in root.rglob("config.yaml") if not _skipped(p, root)}
     unfinished = sorted(d for d in started - set(finished)
                         if not any(f in d.parents for f in finished))
@@ -177,7 +187,7 @@ def collect(roots: Iterable[Path], prog: str, arg: str) -> list[Run]:
             sys.exit(f"{prog}: error: {arg} {str(root)!r} does not exist (or is not a directory)")
         finished, unfinished = find_run_dirs(root)
         if unfinished:
-            print(f"{prog}: skipped {len(unfinished)} unfinished run dir(s) without results.json "
+            print(f"{prog}: skipped {len(unfinished)} unfinished run dir(s) (no results.json of a finished run) "
                   f"under {root}: " + ", ".join(str(d) for d in unfinished), file=sys.stderr)
         if not finished:
             sys.exit(f"{prog}: error: {arg} {str(root)!r} holds no finished run "

@@ -229,3 +229,15 @@ def test_wandb_offline_run(sweep, tmp_path):
     assert len(json.loads(next(tables.glob("summary_*.table.json")).read_text())["data"]) == 7
     assert next((run / "files" / "media" / "images").glob("top1_vs_params_png_*.png"))
     assert f"W&B offline run in {run}" in proc.stderr
+
+
+def test_a_diverged_run_counts_as_unfinished(tmp_path):
+    root = tmp_path / "sweep"
+    write_run(root / "ok", top1=90.0, trainable=1000, ring=900)
+    bad = root / "bad"
+    write_run(bad, top1=10.0, trainable=1000, ring=900)
+    (bad / "results.json").write_text(json.dumps({"status": "diverged", "diverged_step": 7}))
+    proc = aggregate(root, "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped 1 unfinished run dir(s)" in proc.stderr and str(bad) in proc.stderr
+    assert len(read_csv(tmp_path / "out" / "runs.csv")) == 1

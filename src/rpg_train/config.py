@@ -70,6 +70,14 @@ class DataConfig:
     # held-out training samples to pick the best epoch on (results' selected_top1), so the
     # test set is not used for model selection; 0 = none (best_top1 is then picked on test)
     val_split: int = 0
+    # the modern recipe's parts, from timm (all off: the authors' recipe). ImageNet only:
+    # auto_augment, a timm policy (rand-m9-mstd0.5-inc1 = RandAugment, augmix-m5-w4-d2, v0 =
+    # AutoAugment) or trivial (TrivialAugmentWide); re_prob, random erasing per image. Any
+    # dataset: mixup / cutmix, their Beta alphas (timm's Mixup; 0 = off; soft-target loss)
+    auto_augment: Optional[str] = None
+    re_prob: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
     # synthetic only
     num_train: int = 512
     num_val: int = 256
@@ -91,6 +99,7 @@ class OptimConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 5e-4  # rings included, on purpose
     wd_norm: bool = False  # also decay norm parameters and biases
+    no_wd_1d: bool = False  # timm's rule: no decay for 1-D and no_weight_decay() parameters (rings keep theirs)
 
 
 @dataclass
@@ -120,6 +129,7 @@ class TrainerConfig:
     progress: bool = True  # tqdm bar, when the output is a terminal
     accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
     sync_bn: bool = False  # BatchNorm statistics over all processes (CUDA only)
+    ema_decay: Optional[float] = None  # an EMA of the weights (timm's ModelEmaV3), also evaluated
     # faults: a recovery last.pt every N minutes mid-epoch (0 = at epoch ends only); a
     # collective that waits this long for a lost rank fails instead of hanging
     checkpoint_every_min: float = 30.0
@@ -209,7 +219,7 @@ def validate(cfg) -> None:
             raise UserError(key, _get(cfg, key), "must be at least 1")
     for key in ("trainer.max_steps", "trainer.limit_batches", "trainer.grad_clip",
                 "sched.warmup_epochs", "sched.min_lr", "optim.weight_decay", "data.num_workers",
-                "data.val_split", "trainer.checkpoint_every_min"):
+                "data.val_split", "trainer.checkpoint_every_min", "data.mixup", "data.cutmix"):
         if _get(cfg, key) < 0:
             raise UserError(key, _get(cfg, key), "must not be negative")
     for key in ("optim.lr", "sched.decay_epochs", "trainer.dist_timeout_s"):
@@ -218,6 +228,17 @@ def validate(cfg) -> None:
     if not 0 <= cfg.trainer.label_smoothing < 1:
         raise UserError("trainer.label_smoothing", cfg.trainer.label_smoothing,
                         "must be in [0, 1)")
+    if not 0 <= cfg.data.re_prob <= 1:
+        raise UserError("data.re_prob", cfg.data.re_prob, "must be in [0, 1]")
+    for key in ("data.auto_augment", "data.re_prob"):
+        if _get(cfg, key) and cfg.data.name != "imagenet":
+            raise UserError(key, _get(cfg, key), "is for data=imagenet only (the in-memory "
+                            "datasets augment on the device: data.augment)")
+    if (cfg.data.mixup or cfg.data.cutmix) and cfg.data.batch_size % 2:
+        raise UserError("data.batch_size", cfg.data.batch_size, "must be even with "
+                        "data.mixup or data.cutmix (timm's Mixup pairs the batch with itself)")
+    if cfg.trainer.ema_decay is not None and not 0 < cfg.trainer.ema_decay < 1:
+        raise UserError("trainer.ema_decay", cfg.trainer.ema_decay, "must be in (0, 1) (or null)")
     if cfg.optim.lr_batch is not None and cfg.optim.lr_batch < 1:
         raise UserError("optim.lr_batch", cfg.optim.lr_batch, "must be at least 1 (or null)")
     if cfg.trainer.max_loss is not None and not cfg.trainer.max_loss > 0:

@@ -6,6 +6,7 @@ run resumed at epoch k sees exactly the batches an uninterrupted run would see.
 
 from __future__ import annotations
 
+import random
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -144,13 +145,21 @@ class EpochSampler(Sampler):
         return len(range(self.rank, self.n, self.world_size)) if not self.train else self.n // self.world_size
 
 
+def _seed_all(seed: int) -> None:
+    """The three RNGs augmentations draw from: torch's (torchvision), Python's and NumPy's
+    (timm's policies)."""
+    torch.default_generator.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
 class SeededImageDataset(Dataset):
     """Applies `transform` under a per-sample seed chosen by the sampler, so the augmentation
     of a sample depends only on (seed, epoch, rank, position), whatever the worker count
     (decoding/resampling itself is deterministic for a given PIL build). torchvision transforms
-    draw from the global torch RNG: in the main process it is forked, leaving the caller's
-    untouched; a DataLoader worker's own RNG is simply reseeded (forking it costs as much as
-    a tenth of a sample's decode and crop)."""
+    draw from the global torch RNG, timm's policies from Python's and NumPy's: in the main
+    process they are saved and restored, leaving the caller's untouched; a DataLoader
+    worker's own are simply reseeded."""
 
     def __init__(self, folder, transform, seeded: bool):
         self.folder, self.transform, self.seeded = folder, transform, seeded
@@ -165,11 +174,16 @@ class SeededImageDataset(Dataset):
         if not self.seeded:
             return self.transform(img), target
         if get_worker_info() is not None:
-            torch.default_generator.manual_seed(sample_seed)
+            _seed_all(sample_seed)
             return self.transform(img), target
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(sample_seed)
-            return self.transform(img), target
+        saved = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                _seed_all(sample_seed)
+                return self.transform(img), target
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
 
 
 class FolderLoader(_EpochLoaderBase):
@@ -179,7 +193,7 @@ class FolderLoader(_EpochLoaderBase):
     (persistent_workers) and keep `prefetch` batches each in flight."""
 
     def __init__(self, dataset, *, batch_size, train, device, seed, rank=0, world_size=1,
-                 num_workers=0, mean=None, std=None, prefetch=4):
+                 num_workers=0, mean=None, std=None, prefetch=4, re_prob=0.0):
         super().__init__(len(dataset), batch_size, train, seed, rank, world_size)
         self.device = torch.device(device)
         self.sampler = EpochSampler(len(dataset), self.seed, self.rank, self.world_size, train)
@@ -188,6 +202,11 @@ class FolderLoader(_EpochLoaderBase):
             m = torch.tensor(mean, dtype=torch.float32, device=self.device).view(-1, 1, 1)
             s = torch.tensor(std, dtype=torch.float32, device=self.device).view(-1, 1, 1)
             self.shift, self.scale = m * 255, 1 / (s * 255)
+        self.erase = None  # random erasing (timm), on the normalised batch on the device
+        if train and re_prob > 0:
+            from timm.data.random_erasing import RandomErasing
+
+            self.erase = RandomErasing(re_prob, mode="pixel", device=str(self.device))
         # seeds the workers' base seed; the augmentation itself uses per-sample seeds, so
         # workers that outlive an epoch change nothing
         self._gen = torch.Generator()
@@ -208,7 +227,29 @@ class FolderLoader(_EpochLoaderBase):
             x = x.to(self.device, non_blocking=True)
             if self.shift is not None:  # one float copy, then in place: a third of the passes
                 x = x.float().sub_(self.shift).mul_(self.scale)
+            if self.erase is not None:
+                x = self.erase(x)
             yield x, y.to(self.device, non_blocking=True)
+
+
+def auto_augment(policy: str | None, mean) -> list:
+    """data.auto_augment as PIL transforms: timm's policies (its config strings), or
+    torchvision's TrivialAugmentWide for `trivial`; [] for none."""
+    from torchvision import transforms as T
+
+    if not policy:
+        return []
+    if policy == "trivial":
+        return [T.TrivialAugmentWide()]
+    from timm.data import create_transform
+
+    try:  # only the policy: timm's crop, flip and tensor conversion are left out
+        _, secondary, _ = create_transform(224, is_training=True, auto_augment=policy,
+                                           mean=tuple(mean), color_jitter=0.0, separate=True)
+    except (AssertionError, KeyError, ValueError, IndexError) as err:
+        raise UserError("data.auto_augment", policy, "is not a timm policy (e.g. "
+                        "rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, v0) nor trivial") from err
+    return list(secondary.transforms)
 
 
 def _imagenet_loaders(cfg, device, seed, rank, world_size, with_train=True):
@@ -225,15 +266,17 @@ def _imagenet_loaders(cfg, device, seed, rank, world_size, with_train=True):
     to_uint8 = T.PILToTensor()  # normalised on the device (FolderLoader)
     eval_tf = T.Compose([T.Resize(256), T.CenterCrop(224), to_uint8])
     aug = bool(getattr(cfg, "augment", True))
-    train_tf = (T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), to_uint8])
+    policy = auto_augment(getattr(cfg, "auto_augment", None), mean)
+    train_tf = (T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), *policy, to_uint8])
                 if aug else eval_tf)
     workers = int(getattr(cfg, "num_workers", 0) or 0)
     common = dict(device=device, seed=seed, rank=rank, world_size=world_size, num_workers=workers,
                   mean=mean, std=std)
+    erase = float(getattr(cfg, "re_prob", 0.0) or 0.0)
     train = None
     if with_train:  # scanning 1.28 M training files is not free: skip it for evaluation
         train = FolderLoader(SeededImageDataset(ds.imagenet_folder(root, "train", classes), train_tf, aug),
-                             batch_size=cfg.batch_size, train=True, **common)
+                             batch_size=cfg.batch_size, train=True, re_prob=erase, **common)
     val = FolderLoader(SeededImageDataset(ds.imagenet_folder(root, "val", classes), eval_tf, False),
                        batch_size=_eval_bs(cfg), train=False, **common)
     return train, val

@@ -63,13 +63,17 @@ def train_one_epoch(run) -> None:
         for x, y in bar:
             if run.batch >= run.batches_per_epoch or run.steps_exhausted():
                 break
+            target = y
+            if run.mixup is not None:  # soft targets; metrics stay on the true labels
+                x, target = run.mixup(x, y)
             if run.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             last = (run.batch + 1) % accumulate == 0
             with no_sync(model, not last):
                 with run.autocast():
                     logits = model(x)
-                    loss = F.cross_entropy(logits, y, label_smoothing=run.label_smoothing)
+                    loss = (soft_cross_entropy(logits, target) if run.mixup is not None else
+                            F.cross_entropy(logits, y, label_smoothing=run.label_smoothing))
                 scaler.scale(loss / accumulate).backward()
             step_loss = step_loss + loss.detach()
             step_stats.append(sums.stats(loss, logits, y))
@@ -87,6 +91,8 @@ def train_one_epoch(run) -> None:
                 scaler.update()
                 opt.zero_grad(set_to_none=True)
                 guard.watch(step_loss, run.step + 1)
+                if run.ema is not None:
+                    run.ema.update(run.plain_model, step=run.step + 1)
                 for stats in step_stats:
                     sums.add_stats(*stats)
             sched.step()
@@ -102,6 +108,11 @@ def train_one_epoch(run) -> None:
         sums.seconds += time.perf_counter() - start
         bar.close()
     run.check(end_of_epoch=True)
+
+
+def soft_cross_entropy(logits, target):
+    """Cross-entropy against a distribution over classes (mixup/cutmix targets)."""
+    return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
 
 
 def no_sync(model, skip: bool):

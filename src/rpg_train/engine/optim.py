@@ -12,12 +12,18 @@ from ..rpg import Ring
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
-def param_groups(model: nn.Module, weight_decay: float, wd_norm: bool) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, wd_norm: bool,
+                 no_wd_1d: bool = False) -> list[dict]:
     """Explicit groups. Rings always get weight decay: they are 1-D, and the usual rule
     "no decay for 1-D tensors" (timm, nanoGPT) would silently drop it.
-    Norm parameters and biases are decayed only with wd_norm."""
+    Norm parameters and biases are decayed only with wd_norm. no_wd_1d adds timm's rule for
+    everything else: no decay for any 1-D parameter (layer scales, ...) or one the model
+    names in its no_weight_decay() (position embeddings, tokens)."""
     ring, decay, no_decay = [], [], []
     seen = set()
+    named = getattr(model, "no_weight_decay", None)
+    exempt = {id(p) for n, p in model.named_parameters() if n in set(named())} if (
+        no_wd_1d and callable(named)) else set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad or id(p) in seen:
@@ -27,6 +33,8 @@ def param_groups(model: nn.Module, weight_decay: float, wd_norm: bool) -> list[d
                 ring.append(p)
             elif isinstance(module, _NORMS) or name == "bias":
                 (decay if wd_norm else no_decay).append(p)
+            elif no_wd_1d and (p.ndim <= 1 or id(p) in exempt):
+                no_decay.append(p)
             else:
                 decay.append(p)
     groups = [dict(params=ring, weight_decay=weight_decay, group="ring"),
@@ -56,7 +64,8 @@ def build_optimizer(cfg, model: nn.Module, global_batch: int | None = None):
     """The optimizer at applied_lr(cfg, global_batch) (optim.lr itself when no batch is given)."""
     check_choice("optim.name", cfg.name, OPTIMIZERS)
     lr = cfg.lr if global_batch is None else applied_lr(cfg, global_batch)
-    return OPTIMIZERS[cfg.name](param_groups(model, cfg.weight_decay, cfg.wd_norm), cfg, lr)
+    groups = param_groups(model, cfg.weight_decay, cfg.wd_norm, cfg.no_wd_1d)
+    return OPTIMIZERS[cfg.name](groups, cfg, lr)
 
 
 # After warmup, the multiplier of the base lr at fractional epoch t. Cosine is smooth; step

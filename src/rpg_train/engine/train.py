@@ -78,6 +78,8 @@ class Run:
     holdout_loader: Any = None  # data.val_split > 0: the best epoch is picked on it
     # the best held-out epoch so far: [held-out top-1, epoch (1-based), test top-1 then]
     selected: list | None = None
+    ema: Any = None  # trainer.ema_decay: timm's ModelEmaV3 of plain_model
+    mixup: Any = None  # data.mixup / data.cutmix: timm's Mixup (soft targets)
     guard: LossGuard = field(init=False)  # divergence: trainer.nan_policy
     vote: Vote = field(init=False)  # the ranks' agreement on stop / save / diverged
     last_save: float = field(init=False)  # monotonic time of the last checkpoint
@@ -181,6 +183,11 @@ class Run:
         self.optimizer.load_state_dict(s["optimizer"])
         self.scheduler.load_state_dict(s["scheduler"])
         self.scaler.load_state_dict(s["scaler"])
+        if self.ema is not None:
+            if s.get("ema") is None:
+                raise ckpt.error("holds no EMA of the weights; resume with the same "
+                                 "trainer.ema_decay as the run had")
+            self.ema.module.load_state_dict(s["ema"])
         self.start_epoch, self.start_batch, self.step = s["epoch"], s["batch"], s["step"]
         self.best, self.elapsed0, sums = s["best_top1"], s["elapsed"], s["sums"]
         # each rank's own sums (older checkpoints hold rank 0's only)
@@ -274,6 +281,17 @@ def prepare(cfg, dist: Dist, out_dir: Path, t0: float) -> Run:
               built.train_loader, built.val_loader, batches, optimizer, scheduler, scaler,
               dtype, t0)
     run.prune, run.holdout_loader = built.prune, built.holdout_loader
+    d = cfg.data
+    if d.mixup or d.cutmix:
+        from timm.data import Mixup
+
+        run.mixup = Mixup(mixup_alpha=d.mixup, cutmix_alpha=d.cutmix,
+                          label_smoothing=t.label_smoothing,
+                          num_classes=built.spec["num_classes"])
+    if t.ema_decay is not None:
+        from timm.utils import ModelEmaV3
+
+        run.ema = ModelEmaV3(built.model, decay=t.ema_decay)
     if ckpt is not None:
         run.resume_from(ckpt)
     return run
@@ -323,6 +341,7 @@ def save(run: Run, name: str) -> None:
             epoch=epoch, batch=batch, step=run.step, best_top1=run.best,
             elapsed=run.elapsed(), sums=sums, rng=rng, identity=run.identity,
             schedule=schedule(run.cfg, run.dist), skipped_steps=run.guard.skipped,
+            ema=None if run.ema is None else run.ema.module.state_dict(),
             config=run.resolved, selected=run.selected), keep_previous=name == "last.pt")
     run.last_save = time.monotonic()
     barrier()
@@ -332,6 +351,9 @@ def evaluate_all(run: Run) -> dict:
     """Test metrics (val_*), and the held-out part's (heldout_*) when there is one."""
     args = (run.autocast, run.cfg.trainer.limit_batches, run.channels_last)
     val = evaluate(run.model, run.val_loader, *args)
+    if run.ema is not None:
+        ema = evaluate(run.ema.module, run.val_loader, *args)
+        val.update({k.replace("val_", "ema_"): v for k, v in ema.items()})
     if run.holdout_loader is not None:
         held = evaluate(run.model, run.holdout_loader, *args)
         val.update({k.replace("val_", "heldout_"): v for k, v in held.items()})
@@ -385,6 +407,7 @@ class RunLogger:
         if self.main:
             self.metrics.write(row)
             held = f"  held-out {val['heldout_top1']:.2f}%" if "heldout_top1" in val else ""
+            held += f"  EMA {val['ema_top1']:.2f}%" if "ema_top1" in val else ""
             log.info("epoch %d/%d  loss %.4f  train %.2f%%  val %.2f%% (top-5 %.2f%%)%s  "
                      "%.0f img/s  %.0fs", row["epoch"], run.cfg.trainer.epochs, train_loss,
                      train_top1, val["val_top1"], val["val_top5"], held,
@@ -428,6 +451,9 @@ class RunLogger:
             results.update(selected_top1=run.selected[2], selected_epoch=run.selected[1],
                            heldout_top1=run.selected[0])
             summary["selected/top1"] = run.selected[2]
+        if "ema_top1" in row:  # trainer.ema_decay: the EMA weights' final test top-1
+            results.update(ema_final_top1=row["ema_top1"], ema_final_top5=row["ema_top5"])
+            summary["final/ema_top1"] = row["ema_top1"]
         if run.guard.skipped:  # nan_policy=skip
             results["skipped_steps"] = run.guard.skipped
         if run.prune is not None:  # the epochs it spent: the dense run's, then fine-tuning

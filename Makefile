@@ -24,7 +24,7 @@ ifeq ($(NODES),1)
 TORCHRUN = $(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS)
 else
 TORCHRUN = $(PYTHON) -m torch.distributed.run --nnodes=$(NODES) --nproc_per_node=$(GPUS) \
-  --rdzv_backend=c10d --rdzv_endpoint=$(MASTER_ADDR):$(MASTER_PORT) --rdzv_id=rpg-$@
+  --rdzv_backend=c10d --rdzv_endpoint=$(MASTER_ADDR):$(MASTER_PORT) --rdzv_id=rpg-$@-$$row
 endif
 
 .PHONY: install data train test test-all bench bench-train bench-data imagenet-r18 imagenet-r34 cifar10 cifar100 \

@@ -68,6 +68,33 @@ def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(qui
     assert results["diverged_loss"] > 1e-3
 
 
+def test_a_stop_signal_never_saves_a_diverged_state(quick_cfg, tmp_path, monkeypatch):
+    """The guard reads the device only every nan_check_every steps, but always before the
+    stop's save: a bad loss since the last read stops the run as diverged, saving nothing."""
+    engine_train = importlib.import_module("rpg_train.engine.train")
+
+    real = engine_train.Run.check
+
+    def check(run, *a, **k):
+        if run.step == 2:
+            run.stop.signum = signal.SIGTERM
+        return real(run, *a, **k)
+
+    monkeypatch.setattr(engine_train.Run, "check", check)
+    with pytest.raises(Diverged, match="at step 1$"):
+        train(quick_cfg("trainer.max_loss=1e-3", "trainer.nan_check_every=1000"))
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_every_slurm_job_resumes_unless_given_a_checkpoint():
+    from hydra_plugins.rpg_train_launcher.launcher import _resume, auto_resume
+
+    assert auto_resume(["rpg.params=1e4"]) == ["rpg.params=1e4", "trainer.resume=auto"]
+    assert auto_resume(["trainer.resume=/a/last.pt"]) == ["trainer.resume=/a/last.pt"]
+    # a requeue after the run saved: its own last.pt, whatever the job started from
+    assert _resume(["+trainer.resume=/a/last.pt", "x=1"]) == ["x=1", "trainer.resume=auto"]
+
+
 def test_nan_policy_skip_skips_and_counts_bad_steps(quick_cfg, tmp_path):
     cfg = quick_cfg("trainer.nan_policy=skip", "trainer.max_loss=1e-3")
     results = train(cfg)

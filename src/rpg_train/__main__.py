@@ -38,7 +38,7 @@ def main(cfg: DictConfig) -> float | None:
             return None  # let the sweep's other jobs run
         sys.exit(2)
     except Interrupted as stop:
-        pass_on(stop.signum)  # under SLURM: submitit requeues the job (rank 0), then exits
+        pass_on(stop.own or stop.signum)  # under SLURM: submitit requeues the job (rank 0)
         sys.exit(EXIT.get(str(stop), 143))
     except RankLost as err:  # the traceback is the backend's, not ours: one line
         log.error("error: another process of this run was lost (%s); stopped. Start the "

@@ -234,6 +234,13 @@ def validate(cfg) -> None:
         if _get(cfg, key) and cfg.data.name != "imagenet":
             raise UserError(key, _get(cfg, key), "is for data=imagenet only (the in-memory "
                             "datasets augment on the device: data.augment)")
+        if _get(cfg, key) and not cfg.data.augment:
+            raise UserError(key, _get(cfg, key), "needs data.augment=true")
+    if cfg.data.auto_augment:
+        from .data.loaders import auto_augment
+        from .data.transforms import MEAN_STD
+
+        auto_augment(cfg.data.auto_augment, MEAN_STD["imagenet"])  # a bad policy: one line
     if (cfg.data.mixup or cfg.data.cutmix) and cfg.data.batch_size % 2:
         raise UserError("data.batch_size", cfg.data.batch_size, "must be even with "
                         "data.mixup or data.cutmix (timm's Mixup pairs the batch with itself)")

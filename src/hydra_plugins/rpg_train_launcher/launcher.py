@@ -36,6 +36,14 @@ def _export_world() -> int:
     return env.rank
 
 
+def auto_resume(overrides: list[str]) -> list[str]:
+    """A job's overrides with trainer.resume=auto unless a trainer.resume is given. SLURM may
+    requeue a preempted job itself, rerunning this very submission: it must continue from
+    last.pt, not start over on top of it (with no last.pt yet, auto starts fresh)."""
+    given = any(o.lstrip("+").split("=", 1)[0] == "trainer.resume" for o in overrides)
+    return list(overrides) + ([] if given else [RESUME])
+
+
 def _resume(overrides: list[str]) -> list[str]:
     """The job's overrides with trainer.resume=auto in place of any trainer.resume given."""
     keep = [o for o in overrides if o.lstrip("+").split("=", 1)[0] != "trainer.resume"]
@@ -45,14 +53,15 @@ def _resume(overrides: list[str]) -> list[str]:
 def _mixin(base):
     class RunLauncher(base):  # type: ignore[misc, valid-type]
         def __call__(self, sweep_overrides: list[str], *args: Any, **kwargs: Any):
+            sweep_overrides = auto_resume(sweep_overrides)
             if _export_world() > 0:
-                sweep_overrides = list(sweep_overrides) + QUIET
+                sweep_overrides += QUIET
             return super().__call__(sweep_overrides, *args, **kwargs)
 
         def checkpoint(self, sweep_overrides: list[str], *args: Any, **kwargs: Any):
             """Called by submitit on rank 0 when the job is preempted or times out, after the
             run has saved last.pt (rpg_train passes the signal on once it has)."""
-            overrides = [o for o in sweep_overrides if o not in QUIET]
+            overrides = [o for o in sweep_overrides if o not in QUIET and o != RESUME]
             return super().checkpoint(_resume(overrides), *args, **kwargs)
 
     RunLauncher.__name__ = RunLauncher.__qualname__ = base.__name__

@@ -214,7 +214,9 @@ class FolderLoader(_EpochLoaderBase):
         self._loader = DataLoader(
             dataset, batch_size=self.batch_size, sampler=self.sampler, num_workers=workers,
             pin_memory=self.device.type == "cuda", drop_last=train, generator=self._gen,
-            persistent_workers=workers > 0, prefetch_factor=prefetch if workers > 0 else None,
+            # the training workers live across epochs; evaluation's start once per pass
+            persistent_workers=train and workers > 0,
+            prefetch_factor=prefetch if workers > 0 else None,
         )
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:

@@ -47,11 +47,15 @@ def setup(device_name: str, timeout_s: float = 600) -> Dist:
         return Dist(device=device)
     rank, local = env_rank(), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
-        device = torch.device("cuda", local)
+        # a task that sees one GPU only (SLURM's --gpus-per-task) takes that one
+        device = torch.device("cuda", local % torch.cuda.device_count())
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=timedelta(seconds=timeout_s))
+        # NCCL waits a little longer than the gloo vote (Vote), so that a lost rank fails
+        # the vote first, in Python, rather than NCCL's watchdog aborting the process
+        nccl = device.type == "cuda"
+        dist.init_process_group("nccl" if nccl else "gloo",
+                                timeout=timedelta(seconds=timeout_s + (120 if nccl else 0)))
     return Dist(rank=rank, world_size=world, local_rank=local, device=device)
 
 
@@ -64,8 +68,7 @@ def lost_rank(err: BaseException) -> bool:
     """Whether `err` is a failed collective (the backends raise RuntimeError subclasses)."""
     text = str(err)
     return isinstance(err, getattr(dist, "DistError", ())) or any(
-        s in text for s in ("gloo", "NCCL", "Connection reset", "Connection closed",
-                            "timed out", "Timed out"))
+        s in text for s in ("gloo", "NCCL", "Connection reset", "Connection closed"))
 
 
 def initialized() -> bool:
@@ -116,11 +119,11 @@ class Vote:
     one started by the previous call, so checking every step never waits on the device.
     Ranks make the same calls in the same order, so they all act on the same step."""
 
-    def __init__(self, n: int = 2):
+    def __init__(self, n: int = 2, timeout_s: float = 600):
         self.n, self.pending = n, None
         self.group = None
-        if initialized() and dist.get_backend() != "gloo":
-            self.group = dist.new_group(backend="gloo")  # a collective: every rank makes it
+        if initialized() and dist.get_backend() != "gloo":  # a collective: every rank makes it
+            self.group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
 
     def __call__(self, *flags: int) -> list[int]:
         """The flags agreed at the previous call (all 0 at the first); starts this one's."""
@@ -140,6 +143,13 @@ class Vote:
         work.wait()
         self.pending = None
         return t.tolist()
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm statistics) into every rank's copy of `module`."""
+    if initialized():
+        for b in module.buffers():
+            dist.broadcast(b, src=0)
 
 
 def barrier() -> None:

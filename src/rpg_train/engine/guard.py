@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .distributed import any_rank
+from .distributed import any_rank, gather_objects
 
 POLICIES = ("stop", "skip")
 
@@ -59,5 +59,8 @@ class LossGuard:
         return int(self.first) >= 0
 
     def error(self) -> Diverged:
-        """The first bad step seen on this rank (or -1 when it was seen on another rank)."""
-        return Diverged(int(self.first), float(self.loss))
+        """The first bad step over all ranks, and its loss (a collective under DDP: every
+        rank calls it once the ranks agree that the run diverged)."""
+        seen = [(s, loss) for s, loss in gather_objects((int(self.first), float(self.loss)))
+                if s >= 0]
+        return Diverged(*min(seen)) if seen else Diverged(-1, float("nan"))

@@ -12,11 +12,13 @@ NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGUSR1: "SIGUSR1", signal.SIGUSR2: "
 
 
 class Interrupted(Exception):
-    """A stop signal ended training (on this rank or another: all ranks agree on `signum`);
-    the run saved last.pt first."""
+    """A stop signal ended training (on this rank or another: all ranks agree on `signum`,
+    the largest number any got); the run saved last.pt first. `own` is the signal this
+    process got itself, if any: the one to pass on (SLURM sends its warning to every task,
+    and it must reach submitit's handler even when another rank got a SIGTERM)."""
 
-    def __init__(self, signum: int):
-        self.signum = signum
+    def __init__(self, signum: int, own: int | None = None):
+        self.signum, self.own = signum, own
         super().__init__(NAMES.get(signum, f"signal {signum}"))
 
 

@@ -25,7 +25,8 @@ from ..log import MetricsFile, WandbLogger
 from . import checkpoint
 from .amp import amp_dtype, autocast_for
 from .build import build
-from .distributed import (Dist, RankLost, Vote, any_rank, barrier, broadcast_object,
+from .distributed import (Dist, RankLost, Vote, any_rank, barrier, broadcast_buffers,
+                          broadcast_object,
                           gather_objects, lost_rank, max_rank, setup, teardown)
 from .guard import Diverged, LossGuard
 from .loop import EpochSums, evaluate, train_one_epoch
@@ -88,7 +89,7 @@ class Run:
         self.resolved = OmegaConf.to_container(self.cfg, resolve=True)
         t = self.cfg.trainer
         self.guard = LossGuard(t.nan_policy, t.max_loss, t.nan_check_every, self.device)
-        self.vote = Vote(3)
+        self.vote = Vote(3, t.dist_timeout_s)
         self.last_save = time.monotonic()
 
     # the trainer settings the loop reads
@@ -144,14 +145,14 @@ class Run:
         if end_of_epoch:
             stop, save_now, diverged = (max(a, b) for a, b in
                                         zip((stop, save_now, diverged), self.vote.settle()))
-        if save_now and not diverged:  # never save a state that may hold a bad step
+        if (save_now or stop) and not diverged:  # never save a state that may hold a bad step
             diverged = any_rank(self.guard.poll(self.step, force=True), self.device)
         if diverged or stop:
             self.vote.settle()  # nothing left in flight when the run leaves the loop
         if diverged:
             raise self.guard.error()
         if stop:
-            raise Interrupted(stop)
+            raise Interrupted(stop, self.stop.signum)
         if save_now and not end_of_epoch:  # the epoch's own save follows at its end
             save(self, "last.pt")
 
@@ -263,7 +264,8 @@ def prepare(cfg, dist: Dist, out_dir: Path, t0: float) -> Run:
     batches -= batches % accumulate
     if batches == 0:
         raise UserError("trainer.accumulate", accumulate, "is more than the batches of an "
-                        f"epoch ({len(built.train_loader)} per process)")
+                        f"epoch ({min(len(built.train_loader), t.limit_batches or 10**12)} "
+                        "per process)")
     optimizer = build_optimizer(cfg.optim, built.model, global_batch(cfg, dist))
     scheduler = build_scheduler(cfg.sched, cfg.optim.lr, optimizer, t.epochs,
                                 batches // accumulate)
@@ -312,7 +314,7 @@ def fit(run: Run) -> dict:
                 save_epoch(run, val)
                 signum = run.stop_signal()  # asked during evaluation or saving
                 if signum:
-                    raise Interrupted(signum)
+                    raise Interrupted(signum, run.stop.signum)
                 if run.steps_exhausted():
                     break
         except Interrupted as stop:
@@ -352,6 +354,8 @@ def evaluate_all(run: Run) -> dict:
     args = (run.autocast, run.cfg.trainer.limit_batches, run.channels_last)
     val = evaluate(run.model, run.val_loader, *args)
     if run.ema is not None:
+        # each rank's EMA followed its own BatchNorm statistics; rank 0's are the ones saved
+        broadcast_buffers(run.ema.module)
         ema = evaluate(run.ema.module, run.val_loader, *args)
         val.update({k.replace("val_", "ema_"): v for k, v in ema.items()})
     if run.holdout_loader is not None:

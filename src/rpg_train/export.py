@@ -1,0 +1,150 @@
+"""Export a trained checkpoint: `python -m rpg_train.export ckpt=PATH format=F out=PATH`.
+
+Formats:
+- compact: the ring-and-seed safetensors file (rpg_train.rpg.save_compact): trainable
+  tensors and the recipe that rebuilds every index table; any backbone.
+- dense: the materialised plain backbone's state dict (safetensors), which the backbone built
+  without RPG loads with strict=True (the torchvision ResNets themselves where the model is
+  one, i.e. without the small-input stem or a width multiplier), and OUT.json naming the
+  model and its arguments.
+- torchscript: torch.jit.trace of the materialised model.
+- onnx: torch.onnx.export of the materialised model; checked with onnxruntime where it is
+  installed, otherwise the command says that check was skipped.
+
+Every export checks itself before its file is kept: the exported model's outputs on a fixed
+batch match the trained model's within 1e-5 (float32, CPU). Nothing is written on failure.
+The model is rebuilt from the checkpoint alone: no dataset is read.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .config import validate
+from .engine import checkpoint
+from .engine.build import build_model, identity
+from .errors import UserError
+from .evaluate import checkpoint_config
+from .models import create_model
+from .rpg import load_compact, materialize, save_compact
+
+FORMATS = ("compact", "dense", "torchscript", "onnx")
+ATOL = 1e-5
+
+
+def load_trained(path) -> tuple[nn.Module, dict]:
+    """The checkpoint's model in eval mode on the CPU, and its create_model arguments."""
+    ckpt = checkpoint.load(path, key="ckpt")
+    cfg = checkpoint_config(ckpt)
+    validate(cfg)
+    spec = ckpt.state["identity"]["model"]
+    info = {k: spec[k] for k in ("num_classes", "in_chans", "small_input")}
+    model, spec, prune_info = build_model(cfg, info, ckpt)
+    checkpoint.check_identity(ckpt, identity(model, spec, prune_info, cfg.data.val_split))
+    model.load_state_dict(ckpt.state["model"])
+    return model.eval(), spec
+
+
+def example_batch(spec: dict) -> torch.Tensor:
+    """A fixed batch of the model's input shape (32 px for small-input models, else 224)."""
+    size = 32 if spec.get("small_input") else 224
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(2, spec["in_chans"], size, size, generator=g)
+
+
+def _check(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
+    err = (got.float() - want.float()).abs().max().item()
+    if not err <= ATOL:
+        raise RuntimeError(f"the {name} export's outputs differ from the trained model's by "
+                           f"{err:.3g} (> {ATOL}); nothing was written")
+    return err
+
+
+def _write(fmt: str, model: nn.Module, spec: dict, x: torch.Tensor, want, out: Path) -> dict:
+    """Write `fmt` to `out` (a temporary path) and check it; returns what to report."""
+    if fmt == "compact":
+        save_compact(model, out)
+        return dict(max_abs_err=_check(fmt, load_compact(out).eval()(x), want))
+    plain = materialize(model).eval()
+    if fmt == "dense":
+        from safetensors.torch import load_file, save_file
+
+        save_file({k: v.detach().contiguous() for k, v in plain.state_dict().items()}, str(out))
+        fresh = create_model(**spec).eval()
+        fresh.load_state_dict(load_file(str(out)), strict=True)
+        return dict(max_abs_err=_check(fmt, fresh(x), want))
+    if fmt == "torchscript":
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch deprecates jit; still asked for
+            torch.jit.save(torch.jit.trace(plain, x), str(out))
+            got = torch.jit.load(str(out))(x)
+        return dict(max_abs_err=_check(fmt, got, want))
+    with torch.no_grad(), warnings.catch_warnings():  # onnx, torch's TorchScript exporter
+        warnings.simplefilter("ignore", UserWarning)  # constant-folding notes: not actionable
+        torch.onnx.export(plain, (x,), str(out), input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                          dynamo=False)
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return dict(checked="skipped: onnxruntime is not installed (pip install onnxruntime "
+                            "to check the file)")
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    return dict(max_abs_err=_check(fmt, got, want), checked="onnxruntime")
+
+
+def export(ckpt_path, fmt: str, out) -> dict:
+    """Export and check; the file (and dense's JSON) appear only once the check passed."""
+    if fmt not in FORMATS:
+        raise UserError("format", fmt, "is not one of: " + ", ".join(FORMATS))
+    if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
+        raise UserError("format", fmt, "needs the onnx package: pip install 'rpg-train[export]'")
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise UserError("out", str(out), "is in a folder that does not exist")
+    model, spec = load_trained(ckpt_path)
+    x = example_batch(spec)
+    with torch.no_grad():
+        want = model(x)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        report = _write(fmt, model, spec, x, want, Path(tmp))
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    if fmt == "dense":
+        Path(f"{out}.json").write_text(json.dumps(dict(model=spec), indent=2) + "\n")
+    return dict(format=fmt, out=str(out), bytes=out.stat().st_size,
+                checkpoint_bytes=Path(ckpt_path).stat().st_size, **report)
+
+
+def main(argv=None) -> int:
+    args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv) if "=" in a)
+    if not {"ckpt", "format", "out"} <= set(args):
+        print("usage: python -m rpg_train.export ckpt=PATH format=compact|dense|torchscript|"
+              "onnx out=PATH", file=sys.stderr)
+        return 2
+    try:
+        r = export(args["ckpt"], args["format"], args["out"])
+    except UserError as err:  # bad input: one line; anything else is a bug with a traceback
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(f"{r['format']}: {r['out']}  {r['bytes']:,} bytes  (checkpoint "
+          f"{r['checkpoint_bytes']:,} bytes)  max |out - trained| "
+          f"{r.get('max_abs_err', float('nan')):.2g}  {r.get('checked', '')}".rstrip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""python -m rpg_train.export: every format checks itself against the trained model; the
+dense file loads into the plain backbone (torchvision's own ResNet) with strict=True; bad
+input is one line, exit 2, no file."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import load_file
+
+from rpg_train.engine import train
+from rpg_train.export import example_batch, export, load_trained
+from rpg_train.models import create_model
+from rpg_train.rpg import load_compact
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from conftest import _compose, QUICK
+
+    out = tmp_path_factory.mktemp("run")
+    train(_compose([*QUICK, "trainer.max_steps=2"], out_dir=out))
+    return out / "last.pt"
+
+
+@pytest.mark.parametrize("fmt", ["compact", "dense", "torchscript", "onnx"])
+def test_every_format_matches_the_trained_model(trained, tmp_path, fmt):
+    out = tmp_path / f"model.{fmt}"
+    r = export(trained, fmt, out)
+    assert out.is_file() and r["bytes"] == out.stat().st_size and r["max_abs_err"] <= 1e-5
+    model, spec = load_trained(trained)
+    x = example_batch(spec)
+    with torch.no_grad():
+        want = model(x)
+        if fmt == "compact":
+            got = load_compact(out).eval()(x)
+        elif fmt == "dense":
+            plain = create_model(**json.loads((tmp_path / "model.dense.json").read_text())["model"])
+            plain.load_state_dict(load_file(out), strict=True)
+            got = plain.eval()(x)
+        elif fmt == "torchscript":
+            got = torch.jit.load(str(out))(x)
+        else:
+            import onnxruntime as ort
+            got = torch.from_numpy(ort.InferenceSession(str(out)).run(None, {"input": x.numpy()})[0])
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not list(tmp_path.glob(".*.tmp"))  # the temporary file is gone
+
+
+def test_dense_export_loads_into_torchvisions_resnet18(tmp_path, quick_cfg):
+    train(quick_cfg("model=resnet18", "model.small_input=false", "data.image_size=32",
+                    "rpg.params=5000", "trainer.max_steps=1"))
+    out = tmp_path / "r18.safetensors"
+    export(tmp_path / "run" / "last.pt", "dense", out)
+    net = torchvision.models.resnet18(num_classes=10)
+    net.load_state_dict(load_file(out), strict=True)
+    model, spec = load_trained(tmp_path / "run" / "last.pt")
+    x = example_batch(spec)
+    with torch.no_grad():
+        assert torch.allclose(net.eval()(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["format=zip"], "error: format='zip' is not one of: compact, dense, torchscript, onnx"),
+    (["format=dense", "ckpt=NOFILE"], "error: ckpt="),
+    (["format=dense", "out=/no/such/dir/m.st"], "error: out='/no/such/dir/m.st' is in a folder"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(trained, tmp_path, args, message):
+    kw = {"ckpt": str(trained), "out": str(tmp_path / "m.out")}
+    kw.update(a.split("=", 1) for a in args)
+    if kw["ckpt"] == "NOFILE":
+        kw["ckpt"] = str(tmp_path / "junk.pt")
+        (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    proc = subprocess.run([sys.executable, "-m", "rpg_train.export",
+                           *(f"{k}={v}" for k, v in kw.items())],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "m.out").exists()

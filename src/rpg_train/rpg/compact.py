@@ -6,12 +6,17 @@ import hashlib
 import json
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from ..errors import UserError
 from .apply import apply_rpg, rings_of
+from .quant import RingCodes
 
-FORMAT = "rpg-compact/2"  # 2: per-ring table seeds, one multiplier reference per network
+# 2: per-ring table seeds, one multiplier reference per network; 3: quantized rings (codes,
+# offsets, steps) may replace a ring's float entries. Files of 2 still load.
+FORMAT = "rpg-compact/3"
+READS = ("rpg-compact/2", FORMAT)
 
 
 def tables_fingerprint(model: nn.Module) -> str:
@@ -33,9 +38,19 @@ def save_compact(model: nn.Module, path) -> None:
         raise ValueError("save_compact: the model has no model_spec; build it with "
                          "rpg_train.models.create_model so the file can rebuild it")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    quant = {}
+    for name, module in model.named_modules():  # rings quantized by quantize_ring
+        codes = getattr(module, "codes", None)
+        key = f"{name}.weight"
+        if codes is None or not torch.equal(codes.values(), tensors[key].float()):
+            continue  # not quantized, or trained since: its float entries are what it holds
+        del tensors[key]
+        tensors.update({f"{key}.codes": codes.pack(), f"{key}.lo": codes.lo,
+                        f"{key}.step": codes.step})
+        quant[key] = dict(bits=codes.bits, block=codes.block, n=codes.codes.numel())
     meta = {"format": FORMAT, "model": json.dumps(spec),
             "rpg": json.dumps(getattr(model, "rpg_spec", None)),
-            "fingerprint": tables_fingerprint(model)}
+            "fingerprint": tables_fingerprint(model), "quant": json.dumps(quant)}
     save_file(tensors, str(path), metadata=meta)
 
 
@@ -54,7 +69,7 @@ def load_compact(path, builder=None) -> nn.Module:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise UserError("path", str(path), f"is not a readable compact RPG file ({err})") from None
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in READS:
         raise UserError("path", str(path), f"is not a compact RPG file (format="
                         f"{meta.get('format')!r}, expected {FORMAT!r})")
     if builder is None:
@@ -68,5 +83,14 @@ def load_compact(path, builder=None) -> nn.Module:
         raise UserError("path", str(path), f"rebuilds different index tables from its recipe "
                         f"(fingerprint {found[:12]} != stored {meta['fingerprint'][:12]}); the "
                         "file comes from another rpg_train version or was edited")
+    codes = {}
+    for key, q in json.loads(meta.get("quant", "{}")).items():  # dequantize
+        c = RingCodes(RingCodes.unpack(tensors.pop(f"{key}.codes"), q["n"], q["bits"]),
+                      tensors.pop(f"{key}.lo"), tensors.pop(f"{key}.step"), q["bits"],
+                      q["block"])
+        tensors[key], codes[key] = c.values(), c
     model.load_state_dict(tensors, strict=True)
+    for name, module in model.named_modules():  # saved again, it stays quantized
+        if f"{name}.weight" in codes:
+            module.codes = codes[f"{name}.weight"]
     return model

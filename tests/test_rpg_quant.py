@@ -1,0 +1,64 @@
+"""quantize_ring: every entry within half a step of its float value; compact files store the
+codes (int4 two per byte) and load back to exactly the dequantized model."""
+import pytest
+import torch
+
+from rpg_train.errors import UserError
+from rpg_train.models import create_model
+from rpg_train.rpg import apply_rpg, load_compact, quantize_ring, rings_of, save_compact
+
+
+def _model(params=20000):
+    torch.manual_seed(0)
+    return apply_rpg(create_model("resnet20", 10, small_input=True), "stage", params, seed=0)
+
+
+@pytest.mark.parametrize("bits,block", [(8, None), (8, 256), (4, None), (4, 100)])
+def test_every_entry_moves_at_most_half_a_step(bits, block):
+    model = _model()
+    before = [r.weight.detach().clone() for r in rings_of(model)]
+    codes = quantize_ring(model, bits=bits, block=block)
+    assert len(codes) == len(before) == 3  # stage scope: one ring per stage
+    for ring, w, c in zip(rings_of(model), before, codes.values()):
+        n = w.numel()
+        per = torch.arange(n) // c.block
+        err = (ring.weight.detach() - w).abs()
+        assert (err <= c.step[per] / 2 + 1e-7).all()
+        assert c.codes.max() <= 2 ** bits - 1 and len(c.step) == -(-n // (block or n))
+        assert len(torch.unique(ring.weight.detach()[: c.block])) <= 2 ** bits
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_compact_file_holds_the_codes_and_loads_the_same_model(tmp_path, bits):
+    model = _model()
+    save_compact(model, tmp_path / "float.st")
+    quantize_ring(model, bits=bits, block=512)
+    save_compact(model, tmp_path / "q.st")
+    ring_bytes = sum(r.weight.numel() for r in rings_of(model)) * 4
+    saved = (tmp_path / "float.st").stat().st_size - (tmp_path / "q.st").stat().st_size
+    assert saved > ring_bytes * (1 - bits / 32) * 0.9  # the entries shrank to `bits` each
+    again = load_compact(tmp_path / "q.st")
+    for a, b in zip(rings_of(model), rings_of(again)):
+        assert torch.equal(a.weight, b.weight)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), again.eval()(x))
+    save_compact(again, tmp_path / "q2.st")  # still quantized when saved again
+    assert (tmp_path / "q2.st").stat().st_size == (tmp_path / "q.st").stat().st_size
+
+
+def test_a_ring_trained_after_quantizing_is_saved_as_floats(tmp_path):
+    model = _model()
+    quantize_ring(model, bits=4)
+    with torch.no_grad():
+        rings_of(model)[0].weight.add_(1e-3)
+    save_compact(model, tmp_path / "m.st")
+    again = load_compact(tmp_path / "m.st")
+    assert torch.equal(rings_of(again)[0].weight, rings_of(model)[0].weight)
+
+
+@pytest.mark.parametrize("kw,message", [({"bits": 3}, "bits=3 must be 4 or 8"),
+                                        ({"block": 0}, "block=0 must be at least 1")])
+def test_bad_settings(kw, message):
+    with pytest.raises(UserError, match=message):
+        quantize_ring(_model(), **kw)

@@ -62,3 +62,33 @@ def test_a_ring_trained_after_quantizing_is_saved_as_floats(tmp_path):
 def test_bad_settings(kw, message):
     with pytest.raises(UserError, match=message):
         quantize_ring(_model(), **kw)
+
+
+@pytest.mark.parametrize("amount", [0.5, 0.8])
+def test_pruning_removes_the_fraction_and_it_stays_pruned_while_fine_tuning(amount):
+    from rpg_train.engine.optim import param_groups
+    from rpg_train.rpg import prune_ring
+
+    model = _model()
+    total = sum(r.weight.numel() for r in rings_of(model))
+    mags = torch.cat([r.weight.detach().abs() for r in rings_of(model)])
+    k = prune_ring(model, amount)
+    zero = torch.cat([r.weight.detach() == 0 for r in rings_of(model)])
+    assert k == round(amount * total) and int(zero.sum()) == k
+    assert mags[zero].max() <= mags[~zero].min()  # the smallest magnitudes went
+    opt = torch.optim.SGD(param_groups(model, 5e-4, False), lr=0.1, momentum=0.9)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(10, (8,))
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model.train()(x), y).backward()
+        opt.step()
+    after = torch.cat([r.weight.detach() for r in rings_of(model)])
+    assert (after[zero] == 0).all() and (after[~zero] != mags.new_tensor(0)).all()
+    assert not torch.equal(after[~zero].abs(), mags[~zero])  # the rest did train
+
+
+def test_prune_amount_is_checked():
+    from rpg_train.rpg import prune_ring
+
+    with pytest.raises(UserError, match=r"amount=1.0 must be in \[0, 1\)"):
+        prune_ring(_model(), 1.0)

@@ -1,4 +1,5 @@
-"""Quantizing the rings: affine integer codes per ring or per block of ring entries.
+"""Compressing the rings: affine integer codes per ring or per block of ring entries
+(quantize_ring), and magnitude pruning of ring entries (prune_ring).
 
 `quantize_ring(model, bits, block)` replaces every ring's entries by their dequantized values
 and records the codes on the ring; `save_compact` then stores the codes (uint8, or two 4-bit
@@ -80,3 +81,36 @@ def _named_rings(model):
     rings = list(rings_of(model))
     names = {id(m): n for n, m in model.named_modules()}
     return [(names[id(r)], r) for r in rings]
+
+
+def prune_ring(model, amount: float) -> int:
+    """Magnitude pruning of ring entries: the `amount` fraction of all ring entries of
+    `model` with the smallest magnitudes (over all its rings) become 0, and with them every
+    weight entry they generate. Their gradients are masked from then on, so an optimizer
+    started afterwards (SGD with momentum and weight decay, AdamW) keeps them at exactly 0
+    while the model is fine-tuned. Returns the number of entries pruned."""
+    if not 0 <= amount < 1:
+        raise UserError("amount", amount, "must be in [0, 1)")
+    rings = rings_of(model)
+    flat = torch.cat([r.weight.detach().abs().flatten().cpu() for r in rings])
+    k = round(amount * flat.numel())
+    drop = torch.zeros(flat.numel(), dtype=torch.bool)
+    if k:
+        drop[torch.topk(flat, k, largest=False, sorted=False).indices] = True
+    start = 0
+    for ring in rings:
+        n = ring.weight.numel()
+        keep = ~drop[start: start + n].to(ring.weight.device)
+        start += n
+        with torch.no_grad():
+            ring.weight.mul_(keep)
+        _mask_gradients(ring, keep)
+    return k
+
+
+def _mask_gradients(ring, keep: torch.Tensor) -> None:
+    old = getattr(ring, "_prune_hook", None)
+    if old is not None:  # pruned again: the new mask replaces the old one
+        old.remove()
+    ring.prune_keep = keep
+    ring._prune_hook = ring.weight.register_hook(lambda g, keep=keep: g * keep)

@@ -9,6 +9,7 @@ epoch adds what a real run has: the divergence guard, the metric sums, the betwe
 for stop signals and recovery checkpoints. ratio: median over ABBA-ordered pairs of the
 engine's images/second over the bare loop's (>= 0.95 is the target). OVERRIDES are Hydra
 overrides of the run (default: ResNet-20, ring 25,000, synthetic 32x32 data, batch 128).
+The bare loop has no GradScaler: compare with trainer.amp off or bf16, not fp16.
 """
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ import logging
 import os
 import re
 import signal
+import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,3 +150,36 @@ def test_slurm_signals_stop_like_sigterm_and_are_passed_on(signum):
 
 def test_load_latest_without_files_is_none(tmp_path):
     assert checkpoint.load_latest(tmp_path / "last.pt") is None
+
+
+def _resume_choice(rank, world, port, run_dir, out):
+    import torch.distributed as dist
+
+    from rpg_train.engine import checkpoint as ck
+    from rpg_train.engine.train import load_resume
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    if rank == 1:  # this rank's view of the shared folder: only the older file is readable
+        real = ck.load_latest
+        ck.load_latest = lambda path, key="trainer.resume": real(ck.previous(path), key)
+    cfg = types.SimpleNamespace(trainer=types.SimpleNamespace(resume="auto"))
+    ckpt = load_resume(cfg, Path(run_dir))
+    with open(out, "a") as f:
+        f.write(f"{rank} {ckpt.path.name} {ckpt.state['step']}\n")
+    dist.destroy_process_group()
+
+
+def test_every_rank_resumes_from_the_file_rank_0_found(quick_cfg, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    train(quick_cfg("trainer.epochs=2"))  # last.pt at epoch 2, last.prev.pt at epoch 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "chosen"
+    mp.spawn(_resume_choice, args=(2, port, str(tmp_path / "run"), str(out)), nprocs=2)
+    assert sorted(out.read_text().splitlines()) == [f"0 last.pt {2 * PER_EPOCH}",
+                                                    f"1 last.pt {2 * PER_EPOCH}"]

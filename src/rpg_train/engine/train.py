@@ -227,11 +227,18 @@ def train(cfg) -> dict:
 
 def load_resume(cfg, out_dir: Path) -> checkpoint.Checkpoint | None:
     """trainer.resume: auto takes last.pt in the run directory (or, if that is damaged, the
-    one before it); a path is loaded as it is."""
+    one before it), the file rank 0 found: on a shared file system another rank may see an
+    older or half-copied file, and ranks resumed from different steps would wait on each
+    other's collectives. A path is loaded as it is."""
     r = cfg.trainer.resume
-    if r == "auto":
-        return checkpoint.load_latest(out_dir / "last.pt")
-    return checkpoint.load(r) if r else None
+    if r != "auto":
+        return checkpoint.load(r) if r else None
+    ckpt = checkpoint.load_latest(out_dir / "last.pt")
+    mine = None if ckpt is None else str(ckpt.path)
+    chosen = broadcast_object(mine)
+    if chosen == mine:
+        return ckpt
+    return None if chosen is None else checkpoint.load(chosen)
 
 
 def schedule(cfg, dist: Dist) -> dict:

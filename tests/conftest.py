@@ -38,3 +38,12 @@ def quick_cfg(tmp_path):
     def make(*overrides, out="run"):
         return _compose([*QUICK, *overrides], out_dir=tmp_path / out)
     return make
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a process group of spawned test processes."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -357,13 +357,11 @@ def _download_order(rank, world, log, port):
 
 
 def test_only_rank_0_downloads_and_the_others_wait(tmp_path):
-    import socket
+    from conftest import free_port
 
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = tmp_path / "log"
     mp.spawn(_download_order, args=(2, str(log), port), nprocs=2)
     assert log.read_text().splitlines() == ["0 True", "1 False"]

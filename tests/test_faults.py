@@ -171,14 +171,12 @@ def _resume_choice(rank, world, port, run_dir, out):
 
 
 def test_every_rank_resumes_from_the_file_rank_0_found(quick_cfg, tmp_path):
-    import socket
+    from conftest import free_port
 
     import torch.multiprocessing as mp
 
     train(quick_cfg("trainer.epochs=2"))  # last.pt at epoch 2, last.prev.pt at epoch 1
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = tmp_path / "chosen"
     mp.spawn(_resume_choice, args=(2, port, str(tmp_path / "run"), str(out)), nprocs=2)
     assert sorted(out.read_text().splitlines()) == [f"0 last.pt {2 * PER_EPOCH}",

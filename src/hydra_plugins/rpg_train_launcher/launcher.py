@@ -36,18 +36,20 @@ def _export_world() -> int:
     return env.rank
 
 
+def _sets_resume(override: str) -> bool:
+    return override.lstrip("+").split("=", 1)[0] == "trainer.resume"
+
+
 def auto_resume(overrides: list[str]) -> list[str]:
     """A job's overrides with trainer.resume=auto unless a trainer.resume is given. SLURM may
     requeue a preempted job itself, rerunning this very submission: it must continue from
     last.pt, not start over on top of it (with no last.pt yet, auto starts fresh)."""
-    given = any(o.lstrip("+").split("=", 1)[0] == "trainer.resume" for o in overrides)
-    return list(overrides) + ([] if given else [RESUME])
+    return list(overrides) + ([] if any(map(_sets_resume, overrides)) else [RESUME])
 
 
 def _resume(overrides: list[str]) -> list[str]:
     """The job's overrides with trainer.resume=auto in place of any trainer.resume given."""
-    keep = [o for o in overrides if o.lstrip("+").split("=", 1)[0] != "trainer.resume"]
-    return keep + [RESUME]
+    return auto_resume([o for o in overrides if not _sets_resume(o)])
 
 
 def _mixin(base):

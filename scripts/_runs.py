@@ -55,6 +55,9 @@ def method_label(config: dict, results: dict) -> str:
         label += " no sign"
     if sampling == "ring":
         label += " ring sampling"
+    if float(setting(config, results, "rpg.prune.amount", 0)):  # ring pruning (rpg.prune)
+        tuned = int(setting(config, results, "rpg.prune.finetune_epochs", 0))
+        label += " + ring pruning" + ("" if tuned else ", not fine-tuned")
     return label
 
 

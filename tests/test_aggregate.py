@@ -190,6 +190,13 @@ def test_method_label(scope, sampling, sign, width, prune, label):
     assert method_label({}, results) == label
 
 
+@pytest.mark.parametrize("finetune, label", [(1, "RPG + ring pruning"),
+                                             (0, "RPG + ring pruning, not fine-tuned")])
+def test_ring_pruned_runs_have_their_own_label(finetune, label):
+    rpg = {"scope": "network", "prune": {"amount": 0.5, "finetune_epochs": finetune}}
+    assert load("_runs").method_label({}, {"model": {"name": "resnet20"}, "rpg": rpg}) == label
+
+
 def test_fit_without_variance_has_no_r2():
     fit = load("aggregate").fit_log10([10, 100, 1000], [70.0, 70.0, 70.0])
     assert fit == {"a": 70.0, "b": 0.0, "r2": None, "n": 3}

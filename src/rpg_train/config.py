@@ -29,6 +29,19 @@ class ModelConfig:
 
 
 @dataclass
+class RingPruneConfig:
+    """Ring pruning after training: once trainer.epochs are trained, the `amount` fraction of
+    ring entries with the smallest magnitudes is zeroed (with every weight they generate) and
+    the model fine-tuned for `finetune_epochs` more epochs, pruned entries held at 0. `lr` is
+    the fine-tuning's optim.lr (per optim.lr_batch images; null: optim.lr / 10), on the
+    sched.name schedule without warm-up. A trained run is pruned by resuming it with these
+    keys set (trainer.resume=PATH/last.pt)."""
+    amount: float = 0.0  # in [0, 1); 0 = off
+    finetune_epochs: int = 0
+    lr: Optional[float] = None
+
+
+@dataclass
 class RPGConfig:
     scope: str = "network"  # rpg.SCOPES: network | stage | block | layer | none
     # total ring size: an integer (float, so 1e5 works on the command line) or a fraction
@@ -39,6 +52,7 @@ class RPGConfig:
     sign: bool = True
     share_stem: bool = False
     share_head: bool = False
+    prune: RingPruneConfig = field(default_factory=RingPruneConfig)
 
 
 @dataclass
@@ -257,10 +271,27 @@ def validate(cfg) -> None:
         raise UserError("data.root", cfg.data.root,
                         "is not a directory (and data.download is false)")
     _validate_baselines(cfg)
+    _validate_ring_prune(cfg.rpg)
     resume = cfg.trainer.resume
     if resume not in (None, "auto") and not Path(resume).is_file():
         raise UserError("trainer.resume", resume, "does not exist; give a checkpoint file "
                         "or 'auto'")
+
+
+def _validate_ring_prune(r) -> None:
+    p = r.prune
+    if not 0 <= p.amount < 1:
+        raise UserError("rpg.prune.amount", p.amount, "must be in [0, 1) (0 = no ring pruning)")
+    if p.amount and r.scope == "none":
+        raise UserError("rpg.prune.amount", p.amount, "prunes ring entries and this model has "
+                        "no ring (rpg.scope=none); a dense model is pruned with prune.init")
+    if p.finetune_epochs < 0:
+        raise UserError("rpg.prune.finetune_epochs", p.finetune_epochs, "must be 0 or more")
+    if p.finetune_epochs and not p.amount:
+        raise UserError("rpg.prune.finetune_epochs", p.finetune_epochs, "fine-tunes a pruned "
+                        "ring: set rpg.prune.amount too")
+    if p.lr is not None and not p.lr > 0:
+        raise UserError("rpg.prune.lr", p.lr, "must be positive (or null: optim.lr / 10)")
 
 
 def _validate_baselines(cfg) -> None:

@@ -11,6 +11,7 @@ import random
 import resource
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from omegaconf import OmegaConf
 from ..config import validate
 from ..errors import UserError
 from ..log import MetricsFile, WandbLogger
-from . import checkpoint
+from . import checkpoint, ring_prune
 from .amp import amp_dtype, autocast_for
 from .build import build
 from .distributed import (Dist, RankLost, Vote, any_rank, barrier, broadcast_buffers,
@@ -30,7 +31,7 @@ from .distributed import (Dist, RankLost, Vote, any_rank, barrier, broadcast_buf
                           gather_objects, lost_rank, max_rank, setup, teardown)
 from .guard import Diverged, LossGuard
 from .loop import EpochSums, evaluate, train_one_epoch
-from .optim import build_optimizer, build_scheduler
+from .optim import applied_lr, build_optimizer, build_scheduler
 from .signals import Interrupted, StopSignals
 
 log = logging.getLogger("rpg_train")
@@ -76,6 +77,7 @@ class Run:
     elapsed0: float = 0.0  # seconds spent by the processes before a resume
     stop: StopSignals = field(default_factory=StopSignals)
     prune: dict | None = None  # the pruning baseline's record (build.Built.prune)
+    ring_prune: dict | None = None  # rpg.prune: the ring pruning's record, once pruned
     holdout_loader: Any = None  # data.val_split > 0: the best epoch is picked on it
     # the best held-out epoch so far: [held-out top-1, epoch (1-based), test top-1 then]
     selected: list | None = None
@@ -302,6 +304,8 @@ def prepare(cfg, dist: Dist, out_dir: Path, t0: float) -> Run:
 
         run.ema = ModelEmaV3(built.model, decay=t.ema_decay)
     if ckpt is not None:
+        if ckpt.state.get("ring_prune"):  # pruned: the fine-tuning's masks and optimizer
+            ring_prune.resume(run, ckpt, global_batch(cfg, dist))
         run.resume_from(ckpt)
     return run
 
@@ -311,9 +315,13 @@ def fit(run: Run) -> dict:
     the last whole step and Interrupted propagates."""
     cfg, row = run.cfg, None
     logger = RunLogger(run)
+    prune = partial(ring_prune.begin, evaluate_all=evaluate_all, save=save,
+                    global_batch=global_batch(cfg, run.dist))
     with run.stop:
         try:
-            for epoch in range(run.start_epoch, cfg.trainer.epochs):
+            for epoch in range(run.start_epoch, ring_prune.total_epochs(cfg)):
+                if epoch == cfg.trainer.epochs:  # rpg.prune: training done, fine-tuning next
+                    row = prune(run, row)
                 run.begin_epoch(epoch)
                 train_one_epoch(run)
                 val = evaluate_all(run)
@@ -324,6 +332,8 @@ def fit(run: Run) -> dict:
                     raise Interrupted(signum, run.stop.signum)
                 if run.steps_exhausted():
                     break
+            else:  # rpg.prune without fine-tuning: prune after the last epoch
+                row = prune(run, row)
         except Interrupted as stop:
             if not run.evaluated:  # stopped inside the epoch: save its last whole step
                 save(run, "last.pt")
@@ -351,7 +361,8 @@ def save(run: Run, name: str) -> None:
             elapsed=run.elapsed(), sums=sums, rng=rng, identity=run.identity,
             schedule=schedule(run.cfg, run.dist), skipped_steps=run.guard.skipped,
             ema=None if run.ema is None else run.ema.module.state_dict(),
-            config=run.resolved, selected=run.selected), keep_previous=name == "last.pt")
+            config=run.resolved, selected=run.selected, ring_prune=run.ring_prune),
+            keep_previous=name == "last.pt")
     run.last_save = time.monotonic()
     barrier()
 
@@ -420,8 +431,8 @@ class RunLogger:
             held = f"  held-out {val['heldout_top1']:.2f}%" if "heldout_top1" in val else ""
             held += f"  EMA {val['ema_top1']:.2f}%" if "ema_top1" in val else ""
             log.info("epoch %d/%d  loss %.4f  train %.2f%%  val %.2f%% (top-5 %.2f%%)%s  "
-                     "%.0f img/s  %.0fs", row["epoch"], run.cfg.trainer.epochs, train_loss,
-                     train_top1, val["val_top1"], val["val_top5"], held,
+                     "%.0f img/s  %.0fs", row["epoch"], ring_prune.total_epochs(run.cfg),
+                     train_loss, train_top1, val["val_top1"], val["val_top5"], held,
                      row["images_per_sec"], row["elapsed"])
         self.wandb.log(row, run.step)
         return row
@@ -454,7 +465,8 @@ class RunLogger:
                        param_report=run.report, model=run.spec, rpg=run.resolved["rpg"],
                        data=run.cfg.data.name, seed=run.cfg.trainer.seed,
                        world_size=run.dist.world_size,
-                       global_batch=global_batch(run.cfg, run.dist), lr=run.base_lr,
+                       global_batch=global_batch(run.cfg, run.dist),
+                       lr=applied_lr(run.cfg.optim, global_batch(run.cfg, run.dist)),
                        wall_time=run.elapsed(), peak_memory_mb=_peak_memory_mb(run.device),
                        out_dir=str(run.out_dir))
         summary = {"final/top1": results["final_top1"], "best_on_test/top1": run.best}
@@ -469,6 +481,9 @@ class RunLogger:
             results["skipped_steps"] = run.guard.skipped
         if run.prune is not None:  # the epochs it spent: the dense run's, then fine-tuning
             results["prune"] = dict(run.prune, finetune_epochs=run.cfg.trainer.epochs)
+        if run.ring_prune is not None:  # before and right after pruning; final_top1 is after
+            results["ring_prune"] = ring_prune.results(run.ring_prune)  # fine-tuning
+            summary["ring_prune/pruned_top1"] = run.ring_prune["pruned_top1"]
         if self.main:
             (run.out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
             picked = (f", held-out pick {results['selected_top1']:.2f}% (epoch "

@@ -97,20 +97,39 @@ def prune_ring(model, amount: float) -> int:
     drop = torch.zeros(flat.numel(), dtype=torch.bool)
     if k:
         drop[torch.topk(flat, k, largest=False, sorted=False).indices] = True
-    start = 0
+    masks, start = [], 0
     for ring in rings:
         n = ring.weight.numel()
-        keep = ~drop[start: start + n].to(ring.weight.device)
+        masks.append(~drop[start: start + n])
         start += n
-        with torch.no_grad():
-            ring.weight.mul_(keep)
-        _mask_gradients(ring, keep)
+    set_ring_masks(model, masks)
     return k
 
 
-def _mask_gradients(ring, keep: torch.Tensor) -> None:
-    old = getattr(ring, "_prune_hook", None)
-    if old is not None:  # pruned again: the new mask replaces the old one
-        old.remove()
-    ring.prune_keep = keep
-    ring._prune_hook = ring.weight.register_hook(lambda g, keep=keep: g * keep)
+def ring_masks(model) -> list[torch.Tensor] | None:
+    """The keep masks prune_ring left on `model`'s rings (CPU bool tensors, in rings_of
+    order), or None if its rings are not pruned."""
+    rings = rings_of(model)
+    if not rings or any(getattr(r, "prune_keep", None) is None for r in rings):
+        return None
+    return [r.prune_keep.cpu() for r in rings]
+
+
+def set_ring_masks(model, masks: list[torch.Tensor]) -> None:
+    """Zero the entries `masks` drop (False) and hold them at 0 from now on: their gradients
+    are masked, so an optimizer step (momentum and weight decay included, as long as the
+    optimizer's state for them is 0, as it is when started after pruning) never moves them.
+    A model pruned again takes the new masks."""
+    rings = rings_of(model)
+    if len(masks) != len(rings) or any(m.numel() != r.weight.numel()
+                                       for m, r in zip(masks, rings)):
+        raise ValueError("the masks do not match this model's rings")
+    for ring, keep in zip(rings, masks):
+        keep = keep.to(device=ring.weight.device, dtype=torch.bool)
+        with torch.no_grad():
+            ring.weight.mul_(keep)
+        old = getattr(ring, "_prune_hook", None)
+        if old is not None:
+            old.remove()
+        ring.prune_keep = keep
+        ring._prune_hook = ring.weight.register_hook(lambda g, keep=keep: g * keep)

@@ -49,6 +49,21 @@ def test_every_format_matches_the_trained_model(trained, tmp_path, fmt):
     assert not list(tmp_path.glob(".*.tmp"))  # the temporary file is gone
 
 
+def test_a_ring_pruned_run_exports_a_sparse_compact_file(tmp_path, quick_cfg):
+    from rpg_train.rpg import ring_masks, rings_of
+
+    train(quick_cfg("trainer.max_steps=2", out="plain"))
+    train(quick_cfg("rpg.prune.amount=0.75", f"trainer.resume={tmp_path / 'plain' / 'last.pt'}",
+                    out="pruned"))
+    plain = export(tmp_path / "plain" / "last.pt", "compact", tmp_path / "plain.st")
+    pruned = export(tmp_path / "pruned" / "last.pt", "compact", tmp_path / "pruned.st")
+    assert pruned["max_abs_err"] <= 1e-5
+    assert plain["bytes"] - pruned["bytes"] > 2000 * (4 * 0.75 - 1 / 8) - 1000  # QUICK: ring 2000
+    model = load_compact(tmp_path / "pruned.st")
+    assert int(sum((~m).sum() for m in ring_masks(model))) == 1500
+    assert int(sum((r.weight == 0).sum() for r in rings_of(model))) == 1500
+
+
 def test_dense_export_loads_into_torchvisions_resnet18(tmp_path, quick_cfg):
     train(quick_cfg("model=resnet18", "model.small_input=false", "data.image_size=32",
                     "rpg.params=5000", "trainer.max_steps=1"))

@@ -92,3 +92,34 @@ def test_prune_amount_is_checked():
 
     with pytest.raises(UserError, match=r"amount=1.0 must be in \[0, 1\)"):
         prune_ring(_model(), 1.0)
+
+
+def test_a_pruned_ring_is_stored_sparse_and_loads_pruned(tmp_path):
+    from rpg_train.rpg import prune_ring, ring_masks
+
+    model = _model()
+    save_compact(model, tmp_path / "float.st")
+    prune_ring(model, 0.8)
+    save_compact(model, tmp_path / "pruned.st")
+    entries = sum(r.weight.numel() for r in rings_of(model))
+    saved = (tmp_path / "float.st").stat().st_size - (tmp_path / "pruned.st").stat().st_size
+    # 80 % of the float32 entries are gone; the mask costs one bit per entry (and the
+    # header names two tensors per ring instead of one: a few hundred bytes)
+    assert entries * (4 * 0.8 - 1 / 8) - 1000 < saved < entries * (4 * 0.8 - 1 / 8)
+    again = load_compact(tmp_path / "pruned.st")
+    for a, b in zip(rings_of(model), rings_of(again)):
+        assert torch.equal(a.weight, b.weight)
+    assert all(torch.equal(a, b) for a, b in zip(ring_masks(model), ring_masks(again)))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), again.eval()(x))
+
+
+@pytest.mark.parametrize("n", [1, 8, 13, 4096])
+def test_bit_packing_round_trips(n):
+    from rpg_train.rpg.quant import pack_bits, unpack_bits
+
+    mask = torch.rand(n, generator=torch.Generator().manual_seed(n)) > 0.5
+    packed = pack_bits(mask)
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-n // 8)
+    assert torch.equal(unpack_bits(packed, n), mask)

@@ -2,7 +2,8 @@
 
 Formats:
 - compact: the ring-and-seed safetensors file (rpg_train.rpg.save_compact): trainable
-  tensors and the recipe that rebuilds every index table; any backbone.
+  tensors and the recipe that rebuilds every index table; any backbone. A ring pruned in
+  training (rpg.prune) is stored as a bitmask and its kept entries.
 - dense: the materialised plain backbone's state dict (safetensors), which the backbone built
   without RPG loads with strict=True (the torchvision ResNets themselves where the model is
   one, i.e. without the small-input stem or a width multiplier), and OUT.json naming the
@@ -34,7 +35,7 @@ from .engine.build import build_model, identity
 from .errors import UserError
 from .evaluate import checkpoint_config
 from .models import create_model
-from .rpg import load_compact, materialize, save_compact
+from .rpg import load_compact, materialize, save_compact, set_ring_masks
 
 FORMATS = ("compact", "dense", "torchscript", "onnx")
 ATOL = 1e-5
@@ -50,6 +51,8 @@ def load_trained(path) -> tuple[nn.Module, dict]:
     model, spec, prune_info = build_model(cfg, info, ckpt)
     checkpoint.check_identity(ckpt, identity(model, spec, prune_info, cfg.data.val_split))
     model.load_state_dict(ckpt.state["model"])
+    if ckpt.state.get("ring_prune"):  # rpg.prune: the compact file stores the kept entries
+        set_ring_masks(model, ckpt.state["ring_prune"]["masks"])
     return model.eval(), spec
 
 

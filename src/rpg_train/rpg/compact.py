@@ -11,12 +11,13 @@ import torch.nn as nn
 
 from ..errors import UserError
 from .apply import apply_rpg, rings_of
-from .quant import RingCodes
+from .quant import RingCodes, mask_ring, pack_bits, unpack_bits
 
 # 2: per-ring table seeds, one multiplier reference per network; 3: quantized rings (codes,
-# offsets, steps) may replace a ring's float entries. Files of 2 still load.
-FORMAT = "rpg-compact/3"
-READS = ("rpg-compact/2", FORMAT)
+# offsets, steps) may replace a ring's float entries; 4: a pruned ring is stored as a bitmask
+# and its kept entries. Files of 2 and 3 still load.
+FORMAT = "rpg-compact/4"
+READS = ("rpg-compact/2", "rpg-compact/3", FORMAT)
 
 
 def tables_fingerprint(model: nn.Module) -> str:
@@ -38,19 +39,24 @@ def save_compact(model: nn.Module, path) -> None:
         raise ValueError("save_compact: the model has no model_spec; build it with "
                          "rpg_train.models.create_model so the file can rebuild it")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    quant = {}
-    for name, module in model.named_modules():  # rings quantized by quantize_ring
-        codes = getattr(module, "codes", None)
+    quant, sparse = {}, {}
+    for name, module in model.named_modules():
         key = f"{name}.weight"
-        if codes is None or not torch.equal(codes.values(), tensors[key].float()):
-            continue  # not quantized, or trained since: its float entries are what it holds
-        del tensors[key]
-        tensors.update({f"{key}.codes": codes.pack(), f"{key}.lo": codes.lo,
-                        f"{key}.step": codes.step})
-        quant[key] = dict(bits=codes.bits, block=codes.block, n=codes.codes.numel())
+        codes, keep = getattr(module, "codes", None), getattr(module, "prune_keep", None)
+        if codes is not None and torch.equal(codes.values(), tensors[key].float()):
+            # quantized by quantize_ring (and not trained since): codes, offsets, steps
+            del tensors[key]
+            tensors.update({f"{key}.codes": codes.pack(), f"{key}.lo": codes.lo,
+                            f"{key}.step": codes.step})
+            quant[key] = dict(bits=codes.bits, block=codes.block, n=codes.codes.numel())
+        elif keep is not None:  # pruned by prune_ring: which entries are kept, and their values
+            w, keep = tensors.pop(key), keep.cpu()
+            tensors.update({f"{key}.mask": pack_bits(keep), f"{key}.kept": w[keep]})
+            sparse[key] = dict(n=w.numel())
     meta = {"format": FORMAT, "model": json.dumps(spec),
             "rpg": json.dumps(getattr(model, "rpg_spec", None)),
-            "fingerprint": tables_fingerprint(model), "quant": json.dumps(quant)}
+            "fingerprint": tables_fingerprint(model), "quant": json.dumps(quant),
+            "sparse": json.dumps(sparse)}
     save_file(tensors, str(path), metadata=meta)
 
 
@@ -89,8 +95,15 @@ def load_compact(path, builder=None) -> nn.Module:
                       tensors.pop(f"{key}.lo"), tensors.pop(f"{key}.step"), q["bits"],
                       q["block"])
         tensors[key], codes[key] = c.values(), c
+    masks = {}
+    for key, q in json.loads(meta.get("sparse", "{}")).items():  # scatter the kept entries
+        masks[key] = unpack_bits(tensors.pop(f"{key}.mask"), q["n"])
+        kept = tensors.pop(f"{key}.kept")
+        tensors[key] = kept.new_zeros(q["n"]).masked_scatter_(masks[key], kept)
     model.load_state_dict(tensors, strict=True)
-    for name, module in model.named_modules():  # saved again, it stays quantized
+    for name, module in model.named_modules():  # saved again, it stays quantized / pruned
         if f"{name}.weight" in codes:
             module.codes = codes[f"{name}.weight"]
+        if f"{name}.weight" in masks:
+            mask_ring(module, masks[f"{name}.weight"])
     return model

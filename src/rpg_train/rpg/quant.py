@@ -125,11 +125,27 @@ def set_ring_masks(model, masks: list[torch.Tensor]) -> None:
                                        for m, r in zip(masks, rings)):
         raise ValueError("the masks do not match this model's rings")
     for ring, keep in zip(rings, masks):
-        keep = keep.to(device=ring.weight.device, dtype=torch.bool)
-        with torch.no_grad():
-            ring.weight.mul_(keep)
-        old = getattr(ring, "_prune_hook", None)
-        if old is not None:
-            old.remove()
-        ring.prune_keep = keep
-        ring._prune_hook = ring.weight.register_hook(lambda g, keep=keep: g * keep)
+        mask_ring(ring, keep)
+
+
+def mask_ring(ring, keep: torch.Tensor) -> None:
+    """set_ring_masks for one ring."""
+    keep = keep.to(device=ring.weight.device, dtype=torch.bool)
+    with torch.no_grad():
+        ring.weight.mul_(keep)
+    old = getattr(ring, "_prune_hook", None)
+    if old is not None:
+        old.remove()
+    ring.prune_keep = keep
+    ring._prune_hook = ring.weight.register_hook(lambda g, keep=keep: g * keep)
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A bool vector as bytes, 8 entries per byte (entry i is bit i % 8 of byte i // 8)."""
+    m = torch.cat([mask.bool(), mask.new_zeros((-mask.numel()) % 8, dtype=torch.bool)])
+    return (m.view(-1, 8).to(torch.uint8) << torch.arange(8, dtype=torch.uint8)).sum(
+        1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
+    return ((packed[:, None] >> torch.arange(8, dtype=torch.uint8)) & 1).flatten()[:n].bool()

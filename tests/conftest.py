@@ -8,6 +8,7 @@ from hydra.core.global_hydra import GlobalHydra
 from rpg_train.config import register
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 register()
 
 # a two-step run on random tensors: what most engine tests start from
@@ -47,3 +48,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def load_script(name: str):
+    """scripts/<name>.py as a module: scripts/ is no package, so it is loaded by path."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

@@ -3,7 +3,6 @@ the grouping over seeds, the exact table strings, the DoF-law fit and the output
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -13,19 +12,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import SCRIPTS, load_script
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 SCRIPT = SCRIPTS / "aggregate.py"
 DENSE = 269434
 
 
-def load(name: str):
-    """scripts/<name>.py as a module: scripts/ is no package, so it is loaded by path."""
-    spec = importlib.util.spec_from_file_location(f"{name}_under_test", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+load = load_script
 
 
 def write_run(path: Path, *, top1: float, trainable: int, seed: int = 0, ring: int = 0,

@@ -2,7 +2,6 @@
 Hydra's .hydra/hydra.yaml naming the experiment): rows, paper numbers, differences, order."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,17 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import SCRIPTS, load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "paper_table.py"
+SCRIPT = SCRIPTS / "paper_table.py"
 
 
-def load_script():
-    """scripts/ is no package: the script is loaded by path."""
-    spec = importlib.util.spec_from_file_location("paper_table_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_run(path: Path, experiment: str | None, *, model: str, top1: float, ring: int,
@@ -65,7 +58,7 @@ def table_rows(text: str) -> list[list[str]]:
 
 
 def test_rows_numbers_and_order(run_dirs, capsys):
-    load_script().main([str(run_dirs / "imagenet"), str(run_dirs / "cifar"),
+    load_script("paper_table").main([str(run_dirs / "imagenet"), str(run_dirs / "cifar"),
                         str(run_dirs / "loose")])
     rows = table_rows(capsys.readouterr().out)
     assert rows[0] == ["row", "paper top-1", "measured final top-1 (mean ± std, n)",
@@ -88,7 +81,7 @@ def test_rows_numbers_and_order(run_dirs, capsys):
 
 def test_a_run_dir_itself_and_its_parent_count_once(run_dirs, capsys):
     seed0 = run_dirs / "imagenet" / "r18_rpg" / "seed0"
-    load_script().main([str(seed0), str(seed0.parent)])
+    load_script("paper_table").main([str(seed0), str(seed0.parent)])
     rows = table_rows(capsys.readouterr().out)
     assert len(rows) == 3 and rows[2][2] == "67.10 ± 0.28 (n=2)"
 

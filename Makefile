@@ -28,7 +28,7 @@ TORCHRUN = $(PYTHON) -m torch.distributed.run --nnodes=$(NODES) --nproc_per_node
 endif
 
 .PHONY: install data train test test-all bench bench-train bench-data imagenet-r18 imagenet-r34 cifar10 cifar100 \
-	sweep-fmnist study-dof study-equal-dof study-ablations aggregate-fmnist clean
+	sweep-fmnist study-dof study-equal-dof study-ablations aggregate-fmnist compress clean
 
 # Debian and Ubuntu ship ensurepip, which venv needs for pip, apart in python3-venv: check it
 # first, so that a failed attempt leaves no half-made .venv behind. pip >= 21.3 installs a
@@ -147,6 +147,14 @@ aggregate-fmnist: install
 	$(PYTHON) scripts/aggregate.py --out $(RESULTS)/ablations \
 	  $$(ls -d $(RESULTS)/runs/ablations \
 	    $(RESULTS)/runs/equal-dof/match.width=0.25,trainer.seed=* 2>/dev/null)
+
+# 4. compressing one trained RPG model and its dense twin (docs/results/compress.md): quantized
+# and pruned rings against the dense weights quantized and pruned; fine-tuning runs resume
+COMPRESS_RPG ?= $(STUDY_DIR)/ablations/rpg=network,trainer.seed=1
+COMPRESS_DENSE ?= $(STUDY_DIR)/dof/rpg=none,trainer.seed=1
+compress: install
+	$(PYTHON) scripts/compress.py --rpg '$(COMPRESS_RPG)' --dense '$(COMPRESS_DENSE)' \
+	  --work runs/compress $(ARGS)
 
 clean:
 	rm -rf outputs multirun runs wandb

@@ -64,7 +64,18 @@ def parse_args(argv):
     data = [_config(getattr(args, k))["data"]["name"] for k in ("rpg", "dense")]
     if data[0] != data[1]:
         p.error(f"--rpg trained on {data[0]} and --dense on {data[1]}: give twins")
+    world = checkpoint.load(args.rpg / "last.pt", key="--rpg").state.get("schedule", {}).get(
+        "world size", 1)
+    if world != 1:  # its fine-tuning resumes it here, in one process
+        p.error(f"--rpg {args.rpg} was trained by {world} processes; this script fine-tunes "
+                "in one (train the RPG model in one process, or prune it with torchrun and "
+                "rpg.prune.amount)")
     return args
+
+
+def finetune_lr(run_dir: Path) -> float:
+    """A tenth of the run's own optim.lr: the recipe of rpg.prune and of the pruning baseline."""
+    return _config(run_dir)["optim"]["lr"] / 10
 
 
 def _config(run_dir: Path) -> dict:
@@ -86,10 +97,23 @@ class Scorer:
 
 def finetune(run_dir: Path, work: Path, overrides: list[str], start: Path | None = None) -> Path:
     """A fine-tuning run with `run_dir`'s config and `overrides`, in `work`, starting from
-    checkpoint `start` (None: from scratch) or, if it was cut, from its own last.pt."""
+    checkpoint `start` (None: from scratch) or, if it was cut, from its own last.pt. A run
+    already in `work` is reused only if it was made from the same checkpoint and overrides."""
+    ckpt = checkpoint.load(run_dir / "last.pt", key=str(run_dir))
+    overrides = ["trainer.progress=false", "logger.name=none", "trainer.max_steps=0",
+                 *overrides]
+    stamp = dict(source=str((run_dir / "last.pt").resolve()), source_step=ckpt.state["step"],
+                 overrides=overrides)
+    made = work / "compress-stamp.json"
+    if work.is_dir() and any(work.iterdir()):
+        if not made.is_file() or json.loads(made.read_text()) != stamp:
+            raise SystemExit(f"{PROG}: {work} holds a fine-tuning run of another checkpoint or "
+                             "other settings; remove it or give another --work")
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        made.write_text(json.dumps(stamp, indent=2) + "\n")
     if not (work / "results.json").is_file():
-        ckpt = checkpoint.load(run_dir / "last.pt", key=str(run_dir))
-        cfg = checkpoint_config(ckpt, ["trainer.progress=false", "logger.name=none", *overrides])
+        cfg = checkpoint_config(ckpt, overrides)
         resume = "auto" if (work / "last.pt").is_file() else start
         cfg.trainer.resume = None if resume is None else str(resume)
         cfg.out_dir = str(work)
@@ -138,8 +162,9 @@ def nonzero_ring(model) -> int:
     return int(sum((r.weight != 0).sum() for r in rings_of(model)))
 
 
-def rpg_rows(args, score: Scorer, ft_lr: float) -> list[dict]:
+def rpg_rows(args) -> list[dict]:
     model, _ = load_trained(args.rpg / "last.pt")
+    score, ft_lr = Scorer(args.rpg / "last.pt"), finetune_lr(args.rpg)
     entries = sum(r.weight.numel() for r in rings_of(model))
     w = args.work
 
@@ -158,7 +183,7 @@ def rpg_rows(args, score: Scorer, ft_lr: float) -> list[dict]:
         m = copy.deepcopy(model)
         prune_ring(m, a)
         rows.append(row(f"{a:.0%} ring pruned", m, w / f"rpg-prune{a}.st", nonzero_ring(m)))
-        last = finetune(args.rpg, w / f"rpg-prune{a}", [
+        last = finetune(args.rpg, w / f"rpg-prune{a}-ft{args.finetune_epochs}", [
             f"rpg.prune.amount={a}", f"rpg.prune.finetune_epochs={args.finetune_epochs}",
             f"rpg.prune.lr={ft_lr}"], start=args.rpg / "last.pt")
         tuned, _ = load_trained(last)  # the masks come with it
@@ -167,8 +192,9 @@ def rpg_rows(args, score: Scorer, ft_lr: float) -> list[dict]:
     return rows
 
 
-def dense_rows(args, score: Scorer, ft_lr: float) -> list[dict]:
+def dense_rows(args) -> list[dict]:
     model, _ = load_trained(args.dense / "last.pt")
+    score, ft_lr = Scorer(args.dense / "last.pt"), finetune_lr(args.dense)
     layers = prunable_layers(model, False, False)
     generated = sum(m.weight.numel() for m in layers)
     w = args.work
@@ -183,7 +209,7 @@ def dense_rows(args, score: Scorer, ft_lr: float) -> list[dict]:
         keep = prune_to(m, round(1 - a, 9))
         rows.append(dict(model="dense", variant=f"{a:.0%} weights pruned", stored=keep,
                          bytes=dense_sparse_bytes(m, w / f"dense-prune{a}.st"), top1=score(m)))
-        last = finetune(args.dense, w / f"dense-prune{a}", [
+        last = finetune(args.dense, w / f"dense-prune{a}-ft{args.finetune_epochs}", [
             f"prune.init={args.dense / 'last.pt'}", f"prune.params={round(1 - a, 9)}",
             f"trainer.epochs={args.finetune_epochs}", f"optim.lr={ft_lr}",
             "sched.warmup_epochs=0"])
@@ -212,9 +238,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    ft_lr = _config(args.rpg)["optim"]["lr"] / 10  # the pruning baseline's recipe
-    score = Scorer(args.rpg / "last.pt")
-    rows = rpg_rows(args, score, ft_lr) + dense_rows(args, score, ft_lr)
+    rows = rpg_rows(args) + dense_rows(args)
     command = "python scripts/compress.py " + " ".join(sys.argv[1:] if argv is None else argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(markdown(rows, args, command))

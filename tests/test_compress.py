@@ -51,12 +51,12 @@ def test_sizes_are_the_files_and_shrink_as_they_should(table):
 def test_fine_tuned_rows_are_the_engines_runs(table):
     root, rows = table
     for a in AMOUNTS:
-        done = json.loads((root / "work" / f"rpg-prune{a}" / "results.json").read_text())
+        done = json.loads((root / "work" / f"rpg-prune{a}-ft1" / "results.json").read_text())
         assert done["ring_prune"]["amount"] == a and done["ring_prune"]["finetune_epochs"] == 1
         assert rows["RPG", f"{a:.0%} ring pruned + 1 epoch fine-tuning"]["top1"] == \
             done["final_top1"]
         assert rows["RPG", f"{a:.0%} ring pruned"]["top1"] == done["ring_prune"]["pruned_top1"]
-        dense = json.loads((root / "work" / f"dense-prune{a}" / "results.json").read_text())
+        dense = json.loads((root / "work" / f"dense-prune{a}-ft1" / "results.json").read_text())
         assert rows["dense", f"{a:.0%} weights pruned + 1 epoch fine-tuning"]["top1"] == \
             dense["final_top1"]
     text = (root / "out" / "compress.md").read_text()
@@ -81,3 +81,14 @@ def test_bad_arguments_are_one_line(table, capsys, bad, said):
     with pytest.raises(SystemExit) as err:
         load_script("compress").main([x for kv in args.items() for x in kv])
     assert err.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_a_work_folder_of_another_source_is_not_reused(table, capsys):
+    import shutil
+
+    root, _ = table
+    shutil.copytree(root / "rpg", root / "rpg-copy")  # another checkpoint file, same numbers
+    with pytest.raises(SystemExit, match="holds a fine-tuning run of another checkpoint"):
+        load_script("compress").main(["--rpg", str(root / "rpg-copy"), "--dense",
+                                      str(root / "dense"), "--work", str(root / "work"),
+                                      "--out", str(root / "out2" / "c.md")])

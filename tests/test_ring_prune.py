@@ -86,3 +86,21 @@ def test_bad_prune_settings_are_one_line_naming_the_key(quick_cfg, overrides, me
     with pytest.raises(UserError) as err:
         validate(quick_cfg(*overrides))
     assert str(err.value).startswith(message)
+
+
+def test_max_steps_ending_the_training_epochs_still_prunes(quick_cfg, caplog):
+    res = train(quick_cfg(*PRUNE, "trainer.max_steps=4"))  # QUICK: 4 steps an epoch
+    assert res["ring_prune"]["pruned"] == 1000 and res["steps"] == 4
+    assert res["final_top1"] == res["ring_prune"]["pruned_top1"]
+    assert "no fine-tuning steps are left" in caplog.text
+
+
+def test_the_fine_tuning_lr_stays_under_its_own_base(quick_cfg, tmp_path):
+    """sched.min_lr is scaled with the lr: a floor above lr / 10 would make cosine climb."""
+    import json
+
+    train(quick_cfg(*PRUNE, "sched.min_lr=0.1"))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    base = 0.02 * 16 / 256  # rpg.prune.lr default optim.lr / 10, per 256 images, batch 16
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert all(r["lr"] <= base + 1e-12 for r in rows[1:])

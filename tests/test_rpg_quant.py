@@ -123,3 +123,71 @@ def test_bit_packing_round_trips(n):
     packed = pack_bits(mask)
     assert packed.dtype == torch.uint8 and packed.numel() == -(-n // 8)
     assert torch.equal(unpack_bits(packed, n), mask)
+
+
+def test_a_pruned_ring_stays_pruned_through_deepcopy_pickle_and_training():
+    import copy
+    import io
+
+    from rpg_train.rpg import prune_ring, ring_masks
+
+    model = _model()
+    prune_ring(model, 0.5)
+    twin = copy.deepcopy(model)
+    buf = io.BytesIO()
+    torch.save(model, buf)  # the mask is a buffer, not a hook: the model pickles
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    for m in (twin, loaded):
+        opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        for _ in range(2):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m.train()(torch.randn(4, 3, 32, 32)),
+                                              torch.randint(10, (4,))).backward()
+            opt.step()
+        for ring, keep in zip(rings_of(m), ring_masks(model)):
+            assert (ring.weight.detach()[~keep] == 0).all()
+            assert ring.prune_keep.dtype == ring.weight.dtype
+    assert "prune_keep" not in "".join(model.state_dict())  # state dicts are unchanged
+
+
+def test_a_masked_entry_generates_zero_whatever_it_holds(tmp_path):
+    from rpg_train.rpg import prune_ring, ring_masks
+
+    model = _model()
+    prune_ring(model, 0.5)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = model.eval()(x)
+        for ring in rings_of(model):  # pruned entries moved (by an old momentum, say)
+            ring.weight.add_(1 - ring.prune_keep)
+        assert torch.equal(model(x), want)
+    save_compact(model, tmp_path / "m.st")
+    again = load_compact(tmp_path / "m.st")
+    with torch.no_grad():
+        assert torch.equal(again.eval()(x), want)
+    assert all(torch.equal(a, b) for a, b in zip(ring_masks(model), ring_masks(again)))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_pruned_then_quantized_stores_codes_of_the_kept_entries_only(tmp_path, bits):
+    from rpg_train.rpg import prune_ring, ring_masks
+
+    model = _model()
+    prune_ring(model, 0.8)
+    save_compact(model, tmp_path / "pruned.st")
+    before = [r.weight.detach().clone() for r in rings_of(model)]
+    codes = quantize_ring(model, bits=bits)
+    for ring, w, keep, c in zip(rings_of(model), before, ring_masks(model), codes.values()):
+        got = ring.weight.detach()
+        assert (got[~keep] == 0).all() and c.codes.numel() == int(keep.sum())
+        assert ((got - w).abs()[keep] <= c.step[0] / 2 + 1e-7).all()
+    save_compact(model, tmp_path / "both.st")
+    kept = sum(int(k.sum()) for k in ring_masks(model))
+    saved = (tmp_path / "pruned.st").stat().st_size - (tmp_path / "both.st").stat().st_size
+    assert saved > kept * (4 - bits / 8) - 1000  # the kept floats became codes
+    again = load_compact(tmp_path / "both.st")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(again.eval()(x), model.eval()(x))
+    assert all(torch.equal(a, b) for a, b in zip(ring_masks(model), ring_masks(again)))

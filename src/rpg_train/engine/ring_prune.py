@@ -39,8 +39,11 @@ def _finetune_optimizer(run, global_batch: int) -> None:
     """The fine-tuning's own optimizer (its state starts at 0, so masked entries stay 0 under
     momentum and weight decay) and schedule over its epochs, without warm-up."""
     cfg = run.cfg
-    optim = OmegaConf.merge(cfg.optim, {"lr": finetune_lr(cfg)})
-    sched = OmegaConf.merge(cfg.sched, {"warmup_epochs": 0})
+    lr = finetune_lr(cfg)
+    optim = OmegaConf.merge(cfg.optim, {"lr": lr})
+    # sched.min_lr is in optim.lr's units: scaled with the lr, the floor stays below it
+    sched = OmegaConf.merge(cfg.sched, {"warmup_epochs": 0,
+                                        "min_lr": cfg.sched.min_lr * lr / cfg.optim.lr})
     run.optimizer = build_optimizer(optim, run.plain_model, global_batch)
     steps = run.batches_per_epoch // cfg.trainer.accumulate
     run.scheduler = build_scheduler(sched, optim.lr, run.optimizer,
@@ -65,6 +68,8 @@ def resume(run, ckpt, global_batch: int) -> None:
         raise ckpt.error("was pruned with " + ", ".join(diff) + "; resume with the same values "
                          "or prune the unpruned run's checkpoint")
     set_ring_masks(run.plain_model, record["masks"])
+    if run.ema is not None:
+        set_ring_masks(run.ema.module, record["masks"])
     run.ring_prune = record
     run.report = _pruned_report(run.report, record["pruned"])
     _finetune_optimizer(run, global_batch)
@@ -82,6 +87,7 @@ def begin(run, row: dict | None, evaluate_all, save, global_batch: int) -> dict 
     pruned = prune_ring(run.plain_model, cfg.rpg.prune.amount)
     if run.ema is not None:  # the average restarts from the pruned weights
         run.ema.module.load_state_dict(run.plain_model.state_dict())
+        set_ring_masks(run.ema.module, ring_masks(run.plain_model))
     # the position is the end of training, also when a finished run was resumed to prune it
     run.epoch, run.batch, run.evaluated = epochs - 1, run.batches_per_epoch, True
     val = evaluate_all(run)
@@ -102,6 +108,10 @@ def begin(run, row: dict | None, evaluate_all, save, global_batch: int) -> dict 
              finetune_lr(cfg), run.report["trainable"])
     save(run, "last.pt")
     save(run, "best.pt")
+    if run.steps_exhausted() and cfg.rpg.prune.finetune_epochs:
+        log.warning("trainer.max_steps=%d is reached: no fine-tuning steps are left for "
+                    "rpg.prune.finetune_epochs=%d", cfg.trainer.max_steps,
+                    cfg.rpg.prune.finetune_epochs)
     return dict(epoch=epochs, **val)
 
 

@@ -332,8 +332,8 @@ def fit(run: Run) -> dict:
                     raise Interrupted(signum, run.stop.signum)
                 if run.steps_exhausted():
                     break
-            else:  # rpg.prune without fine-tuning: prune after the last epoch
-                row = prune(run, row)
+            if run.start_epoch >= cfg.trainer.epochs or run.position()[0] >= cfg.trainer.epochs:
+                row = prune(run, row)  # rpg.prune without fine-tuning, or cut by max_steps
         except Interrupted as stop:
             if not run.evaluated:  # stopped inside the epoch: save its last whole step
                 save(run, "last.pt")

@@ -15,7 +15,8 @@ from .quant import RingCodes, mask_ring, pack_bits, unpack_bits
 
 # 2: per-ring table seeds, one multiplier reference per network; 3: quantized rings (codes,
 # offsets, steps) may replace a ring's float entries; 4: a pruned ring is stored as a bitmask
-# and its kept entries. Files of 2 and 3 still load.
+# and its kept entries (floats or codes). Files of 2 and 3 still load; files without a pruned
+# ring are still written as 3, so older versions read them.
 FORMAT = "rpg-compact/4"
 READS = ("rpg-compact/2", "rpg-compact/3", FORMAT)
 
@@ -43,17 +44,22 @@ def save_compact(model: nn.Module, path) -> None:
     for name, module in model.named_modules():
         key = f"{name}.weight"
         codes, keep = getattr(module, "codes", None), getattr(module, "prune_keep", None)
-        if codes is not None and torch.equal(codes.values(), tensors[key].float()):
-            # quantized by quantize_ring (and not trained since): codes, offsets, steps
-            del tensors[key]
+        if codes is None and keep is None:
+            continue
+        part, store = tensors.pop(key), key
+        if keep is not None:  # pruned by prune_ring: a bitmask, then only the kept entries
+            mask = keep.detach().bool().cpu()
+            sparse[key] = dict(n=part.numel())
+            part, store = part[mask], f"{key}.kept"
+            tensors[f"{key}.mask"] = pack_bits(mask)
+        if codes is not None and codes.codes.numel() == part.numel() and torch.equal(
+                codes.values(), part.float()):  # quantized (and not trained since): codes
             tensors.update({f"{key}.codes": codes.pack(), f"{key}.lo": codes.lo,
                             f"{key}.step": codes.step})
             quant[key] = dict(bits=codes.bits, block=codes.block, n=codes.codes.numel())
-        elif keep is not None:  # pruned by prune_ring: which entries are kept, and their values
-            w, keep = tensors.pop(key), keep.cpu()
-            tensors.update({f"{key}.mask": pack_bits(keep), f"{key}.kept": w[keep]})
-            sparse[key] = dict(n=w.numel())
-    meta = {"format": FORMAT, "model": json.dumps(spec),
+        else:  # float entries: what the ring holds
+            tensors[store] = part
+    meta = {"format": FORMAT if sparse else "rpg-compact/3", "model": json.dumps(spec),
             "rpg": json.dumps(getattr(model, "rpg_spec", None)),
             "fingerprint": tables_fingerprint(model), "quant": json.dumps(quant),
             "sparse": json.dumps(sparse)}
@@ -89,14 +95,14 @@ def load_compact(path, builder=None) -> nn.Module:
         raise UserError("path", str(path), f"rebuilds different index tables from its recipe "
                         f"(fingerprint {found[:12]} != stored {meta['fingerprint'][:12]}); the "
                         "file comes from another rpg_train version or was edited")
-    codes = {}
+    codes, sparse = {}, json.loads(meta.get("sparse", "{}"))
     for key, q in json.loads(meta.get("quant", "{}")).items():  # dequantize
         c = RingCodes(RingCodes.unpack(tensors.pop(f"{key}.codes"), q["n"], q["bits"]),
                       tensors.pop(f"{key}.lo"), tensors.pop(f"{key}.step"), q["bits"],
                       q["block"])
-        tensors[key], codes[key] = c.values(), c
+        tensors[f"{key}.kept" if key in sparse else key], codes[key] = c.values(), c
     masks = {}
-    for key, q in json.loads(meta.get("sparse", "{}")).items():  # scatter the kept entries
+    for key, q in sparse.items():  # scatter the kept entries
         masks[key] = unpack_bits(tensors.pop(f"{key}.mask"), q["n"])
         kept = tensors.pop(f"{key}.kept")
         tensors[key] = kept.new_zeros(q["n"]).masked_scatter_(masks[key], kept)

@@ -60,18 +60,24 @@ def quantize(w: torch.Tensor, bits: int, block: int) -> RingCodes:
 
 def quantize_ring(model, bits: int = 8, block: int | None = None) -> dict:
     """Quantize every ring of `model` in place to `bits` (4 or 8) per entry, with one scale
-    per ring (block=None) or per `block` entries. Returns {ring name: RingCodes}; the codes
-    are also kept on each ring (`ring.codes`) for save_compact."""
+    per ring (block=None) or per `block` entries; a pruned ring's kept entries only (its
+    pruned ones stay 0). Returns {ring name: RingCodes}; the codes are also kept on each ring
+    (`ring.codes`) for save_compact."""
     if bits not in BITS:
         raise UserError("bits", bits, "must be 4 or 8")
     if block is not None and block < 1:
         raise UserError("block", block, "must be at least 1 (or None: one block per ring)")
     out = {}
     for name, ring in _named_rings(model):
-        n = ring.weight.numel()
-        codes = quantize(ring.weight, bits, block or n)
+        w, keep = ring.weight.detach(), getattr(ring, "prune_keep", None)
+        kept = None if keep is None else keep.bool()
+        part = w if kept is None else w[kept]  # a pruned ring: only its kept entries
+        codes = quantize(part, bits, block or max(part.numel(), 1))
         with torch.no_grad():
-            ring.weight.copy_(codes.values().to(ring.weight))
+            if kept is None:
+                ring.weight.copy_(codes.values().to(ring.weight))
+            else:
+                ring.weight.zero_().masked_scatter_(kept, codes.values().to(ring.weight))
         ring.codes = codes
         out[name] = codes
     return out
@@ -86,9 +92,9 @@ def _named_rings(model):
 def prune_ring(model, amount: float) -> int:
     """Magnitude pruning of ring entries: the `amount` fraction of all ring entries of
     `model` with the smallest magnitudes (over all its rings) become 0, and with them every
-    weight entry they generate. Their gradients are masked from then on, so an optimizer
-    started afterwards (SGD with momentum and weight decay, AdamW) keeps them at exactly 0
-    while the model is fine-tuned. Returns the number of entries pruned."""
+    weight entry they generate. Each ring keeps its mask (`ring.prune_keep`) and applies it in
+    every forward, so pruned entries get no gradient and stay 0 while the model is fine-tuned.
+    Returns the number of entries pruned."""
     if not 0 <= amount < 1:
         raise UserError("amount", amount, "must be in [0, 1)")
     rings = rings_of(model)
@@ -112,14 +118,12 @@ def ring_masks(model) -> list[torch.Tensor] | None:
     rings = rings_of(model)
     if not rings or any(getattr(r, "prune_keep", None) is None for r in rings):
         return None
-    return [r.prune_keep.cpu() for r in rings]
+    return [r.prune_keep.detach().bool().cpu() for r in rings]
 
 
 def set_ring_masks(model, masks: list[torch.Tensor]) -> None:
-    """Zero the entries `masks` drop (False) and hold them at 0 from now on: their gradients
-    are masked, so an optimizer step (momentum and weight decay included, as long as the
-    optimizer's state for them is 0, as it is when started after pruning) never moves them.
-    A model pruned again takes the new masks."""
+    """Prune `model`'s rings by these keep masks (bool, in rings_of order), as prune_ring
+    does; a model pruned again takes the new masks."""
     rings = rings_of(model)
     if len(masks) != len(rings) or any(m.numel() != r.weight.numel()
                                        for m, r in zip(masks, rings)):
@@ -129,15 +133,11 @@ def set_ring_masks(model, masks: list[torch.Tensor]) -> None:
 
 
 def mask_ring(ring, keep: torch.Tensor) -> None:
-    """set_ring_masks for one ring."""
-    keep = keep.to(device=ring.weight.device, dtype=torch.bool)
+    """set_ring_masks for one ring: the stored entries it drops become 0 too."""
+    keep = keep.to(device=ring.weight.device, dtype=ring.weight.dtype)
     with torch.no_grad():
         ring.weight.mul_(keep)
-    old = getattr(ring, "_prune_hook", None)
-    if old is not None:
-        old.remove()
     ring.prune_keep = keep
-    ring._prune_hook = ring.weight.register_hook(lambda g, keep=keep: g * keep)
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:

@@ -107,6 +107,10 @@ class Ring(nn.Module):
         self.scales = [math.sqrt(fan_ref / f) for f in fan_outs]
         self._index = self._slices = self._inverse = None  # derived from the recipe
         self._caching, self._cache = 0, {}
+        # prune_ring's mask (1 kept, 0 pruned; ring dtype): applied in every forward, so a
+        # pruned entry generates 0 and gets no gradient whatever its stored value. A buffer,
+        # so it follows .to() and deepcopy; not persistent, so state dicts are unchanged
+        self.register_buffer("prune_keep", None, persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -167,7 +171,9 @@ class Ring(nn.Module):
         index = self.layer_index()[position]
         needs_grad = torch.is_grad_enabled() and w.requires_grad
         blocks = self.inverse(position) if needs_grad and index.device.type != "cpu" else None
-        out = _Gather.apply(w, index, self.scales[position], self.shapes[position], blocks)
+        keep = getattr(self, "prune_keep", None)  # (absent from Rings pickled before it)
+        src = w if keep is None else w * keep
+        out = _Gather.apply(src, index, self.scales[position], self.shapes[position], blocks)
         if self._caching:
             self._cache[position] = (key, out)
         return out

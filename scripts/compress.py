@@ -7,7 +7,8 @@ RUN_DIRs are finished training runs (their last.pt) of the same backbone and dat
 model, one rpg=none model. Rows, each measured on the test set:
 - RPG: the float32 ring; int8 and int4 rings (quantize_ring: one scale per ring, and per block
   of 64 entries); ring pruning by each amount (prune_ring), before and after fine-tuning
-  (the engine's rpg.prune: its own optimizer at optim.lr / 10, no warm-up).
+  (the engine's rpg.prune: its own optimizer at optim.lr / 10, no warm-up), and the
+  fine-tuned pruned ring with its kept entries quantized to int8.
 - dense: float32; the weights of the layers RPG would generate quantized per output channel
   to int8 / int4 (the same affine rounding, one scale per output channel); the same layers
   magnitude-pruned (global L1) by each amount, before and after the same fine-tuning
@@ -189,6 +190,10 @@ def rpg_rows(args) -> list[dict]:
         tuned, _ = load_trained(last)  # the masks come with it
         rows.append(row(f"{a:.0%} ring pruned + {args.finetune_epochs} epoch fine-tuning",
                         tuned, w / f"rpg-prune{a}-ft.st", nonzero_ring(tuned)))
+        quantize_ring(tuned, bits=8)  # both: the kept entries' codes and the bitmask
+        rows.append(row(f"{a:.0%} ring pruned + {args.finetune_epochs} epoch fine-tuning, "
+                        "int8 kept entries (per ring)", tuned, w / f"rpg-prune{a}-ft-int8.st",
+                        nonzero_ring(tuned)))
     return rows
 
 

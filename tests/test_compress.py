@@ -26,11 +26,14 @@ def table(tmp_path_factory):
 
 def test_every_row_is_there_with_its_stored_count(table):
     _, rows = table
-    assert len(rows) == 15
+    assert len(rows) == 17
     for a in AMOUNTS:
         assert rows["RPG", f"{a:.0%} ring pruned"]["stored"] == round(2000 * (1 - a))
         tuned = rows["RPG", f"{a:.0%} ring pruned + 1 epoch fine-tuning"]
         assert tuned["stored"] == round(2000 * (1 - a))  # still pruned after fine-tuning
+        both = rows["RPG", f"{a:.0%} ring pruned + 1 epoch fine-tuning, int8 kept entries "
+                           "(per ring)"]
+        assert both["stored"] == tuned["stored"] and both["bytes"] < tuned["bytes"]
         dense = rows["dense", f"{a:.0%} weights pruned + 1 epoch fine-tuning"]
         assert dense["stored"] == round(rows["dense", "float32"]["stored"] * (1 - a))
 

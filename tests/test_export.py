@@ -64,6 +64,21 @@ def test_a_ring_pruned_run_exports_a_sparse_compact_file(tmp_path, quick_cfg):
     assert int(sum((r.weight == 0).sum() for r in rings_of(model))) == 1500
 
 
+@pytest.mark.parametrize("bits, block", [(8, None), (4, 64)])
+def test_a_quantized_compact_export_is_the_quantized_model(trained, tmp_path, bits, block):
+    from rpg_train.rpg import quantize_ring
+
+    plain = export(trained, "compact", tmp_path / "f.st")
+    r = export(trained, "compact", tmp_path / "q.st", bits=bits, block=block)
+    assert r["max_abs_err"] <= 1e-5 and r["quantization_err"] > 0
+    assert plain["bytes"] - r["bytes"] > 2000 * (4 - bits / 8) - 1000  # QUICK: ring 2000
+    model, spec = load_trained(trained)
+    quantize_ring(model, bits=bits, block=block)
+    x = example_batch(spec)
+    with torch.no_grad():
+        assert torch.equal(load_compact(tmp_path / "q.st").eval()(x), model(x))
+
+
 def test_dense_export_loads_into_torchvisions_resnet18(tmp_path, quick_cfg):
     train(quick_cfg("model=resnet18", "model.small_input=false", "data.image_size=32",
                     "rpg.params=5000", "trainer.max_steps=1"))
@@ -81,6 +96,10 @@ def test_dense_export_loads_into_torchvisions_resnet18(tmp_path, quick_cfg):
     (["format=zip"], "error: format='zip' is not one of: compact, dense, torchscript, onnx"),
     (["format=dense", "ckpt=NOFILE"], "error: ckpt="),
     (["format=dense", "out=/no/such/dir/m.st"], "error: out='/no/such/dir/m.st' is in a folder"),
+    (["format=compact", "bits=3"], "error: bits=3 must be 4 or 8"),
+    (["format=compact", "bits=eight"], "error: bits='eight' is not an integer"),
+    (["format=onnx", "bits=8"], "error: bits=8 quantizes the compact file's rings"),
+    (["format=compact", "bit=8"], "error: bit='8' is not an export option"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(trained, tmp_path, args, message):
     kw = {"ckpt": str(trained), "out": str(tmp_path / "m.out")}

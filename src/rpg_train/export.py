@@ -3,7 +3,8 @@
 Formats:
 - compact: the ring-and-seed safetensors file (rpg_train.rpg.save_compact): trainable
   tensors and the recipe that rebuilds every index table; any backbone. A ring pruned in
-  training (rpg.prune) is stored as a bitmask and its kept entries.
+  training (rpg.prune) is stored as a bitmask and its kept entries; `bits=8|4` (and
+  `block=N`) stores the rings as integer codes (quantize_ring).
 - dense: the materialised plain backbone's state dict (safetensors), which the backbone built
   without RPG loads with strict=True (the torchvision ResNets themselves where the model is
   one, i.e. without the small-input stem or a width multiplier), and OUT.json naming the
@@ -35,7 +36,8 @@ from .engine.build import build_model, identity
 from .errors import UserError
 from .evaluate import checkpoint_config
 from .models import create_model
-from .rpg import load_compact, materialize, save_compact, set_ring_masks
+from .rpg import load_compact, materialize, quantize_ring, save_compact, set_ring_masks
+from .rpg.quant import BITS
 
 FORMATS = ("compact", "dense", "torchscript", "onnx")
 ATOL = 1e-5
@@ -105,10 +107,20 @@ def _write(fmt: str, model: nn.Module, spec: dict, x: torch.Tensor, want, out: P
     return dict(max_abs_err=_check(fmt, got, want), checked="onnxruntime")
 
 
-def export(ckpt_path, fmt: str, out) -> dict:
-    """Export and check; the file (and dense's JSON) appear only once the check passed."""
+def export(ckpt_path, fmt: str, out, bits: int | None = None, block: int | None = None) -> dict:
+    """Export and check; the file (and dense's JSON) appear only once the check passed.
+    `bits` (compact only) quantizes the rings first (quantize_ring, one scale per ring or per
+    `block` entries): the file is checked against the quantized model, and the report gives
+    how far that moved the outputs."""
     if fmt not in FORMATS:
         raise UserError("format", fmt, "is not one of: " + ", ".join(FORMATS))
+    if bits is not None and fmt != "compact":
+        raise UserError("bits", bits, f"quantizes the compact file's rings; format={fmt} "
+                        "stores the generated float32 weights")
+    if bits is not None and bits not in BITS:
+        raise UserError("bits", bits, "must be 4 or 8")
+    if block is not None and (bits is None or block < 1):
+        raise UserError("block", block, "needs bits=4|8 and must be at least 1")
     if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
         raise UserError("format", fmt, "needs the onnx package: pip install 'rpg-train[export]'")
     out = Path(out)
@@ -118,6 +130,13 @@ def export(ckpt_path, fmt: str, out) -> dict:
     x = example_batch(spec)
     with torch.no_grad():
         want = model(x)
+    quantized = {}
+    if bits is not None:
+        quantize_ring(model, bits=bits, block=block)
+        with torch.no_grad():
+            trained, want = want, model(x)
+        quantized = dict(bits=bits, block=block,
+                         quantization_err=(want - trained).abs().max().item())
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -129,23 +148,45 @@ def export(ckpt_path, fmt: str, out) -> dict:
     if fmt == "dense":
         Path(f"{out}.json").write_text(json.dumps(dict(model=spec), indent=2) + "\n")
     return dict(format=fmt, out=str(out), bytes=out.stat().st_size,
-                checkpoint_bytes=Path(ckpt_path).stat().st_size, **report)
+                checkpoint_bytes=Path(ckpt_path).stat().st_size, **report, **quantized)
+
+
+USAGE = ("usage: python -m rpg_train.export ckpt=PATH format=compact|dense|torchscript|onnx "
+         "out=PATH [bits=8|4 [block=N]]")
+KEYS = ("ckpt", "format", "out", "bits", "block")
+
+
+def _int(key: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(key, value, "is not an integer") from None
 
 
 def main(argv=None) -> int:
-    args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv) if "=" in a)
+    argv = sys.argv[1:] if argv is None else argv
+    args = dict(a.split("=", 1) for a in argv if "=" in a)
     if not {"ckpt", "format", "out"} <= set(args):
-        print("usage: python -m rpg_train.export ckpt=PATH format=compact|dense|torchscript|"
-              "onnx out=PATH", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     try:
-        r = export(args["ckpt"], args["format"], args["out"])
+        odd = [a for a in argv if "=" not in a or a.split("=", 1)[0] not in KEYS]
+        if odd:
+            key, _, value = odd[0].partition("=")
+            raise UserError(key, value, "is not an export option (" + ", ".join(KEYS) + ")")
+        r = export(args["ckpt"], args["format"], args["out"], _int("bits", args.get("bits")),
+                   _int("block", args.get("block")))
     except UserError as err:  # bad input: one line; anything else is a bug with a traceback
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
+    quant = (f"  int{r['bits']} rings move the outputs by up to {r['quantization_err']:.2g}"
+             if "bits" in r else "")
+    ref = "quantized model" if "bits" in r else "trained"
     print(f"{r['format']}: {r['out']}  {r['bytes']:,} bytes  (checkpoint "
-          f"{r['checkpoint_bytes']:,} bytes)  max |out - trained| "
-          f"{r.get('max_abs_err', float('nan')):.2g}  {r.get('checked', '')}".rstrip())
+          f"{r['checkpoint_bytes']:,} bytes)  max |out - {ref}| "
+          f"{r.get('max_abs_err', float('nan')):.2g}{quant}  {r.get('checked', '')}".rstrip())
     return 0
 
 

@@ -29,6 +29,17 @@ def test_multirun_runs_each_job_in_its_own_directory(tmp_path):
     assert rings == [1000, 2000]
 
 
+def test_a_sweep_with_a_failed_job_runs_the_others_and_exits_1(tmp_path):
+    proc = app("-m", *SMALL, "trainer.limit_batches=1", "rpg.params=0,2000",
+               f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 1, proc.stderr
+    assert not (tmp_path / "0" / "results.json").exists()
+    assert (tmp_path / "1" / "results.json").is_file()  # the sweep went on
+    last = proc.stderr.splitlines()[-1]
+    assert last.startswith("error: 1 job(s) of the sweep failed: ")
+    assert ",rpg.params=0," in last and last.endswith(" (bad input)")
+
+
 def _error_line(proc):
     lines = [l for l in proc.stderr.splitlines() + proc.stdout.splitlines() if "error:" in l]
     assert len(lines) == 1, proc.stderr + proc.stdout

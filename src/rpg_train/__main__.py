@@ -17,6 +17,7 @@ from .errors import UserError
 register()
 EXIT = {"Ctrl-C": 130, "SIGUSR1": 138, "SIGUSR2": 140, "SIGTERM": 143}  # 128 + the number
 log = logging.getLogger("rpg_train")
+FAILED: list[str] = []  # a multirun's failed jobs (basic launcher: all in this process)
 from .paths import CONF, QUIET  # noqa: E402  conf/: the checkout's, or the copy a wheel ships
 
 
@@ -35,6 +36,7 @@ def main(cfg: DictConfig) -> float | None:
     except UserError as err:  # bad input: one line; anything else is a bug with a traceback
         log.error("error: %s", str(err).splitlines()[0])
         if hc.mode == RunMode.MULTIRUN:
+            FAILED.append(f"{hc.job.override_dirname or hc.job.num} (bad input)")
             return None  # let the sweep's other jobs run
         sys.exit(2)
     except Interrupted as stop:
@@ -50,6 +52,7 @@ def main(cfg: DictConfig) -> float | None:
                   "saving, so last.pt still holds the last good state", bad,
                   cfg.trainer.nan_policy, cfg.trainer.max_loss)
         if hc.mode == RunMode.MULTIRUN:
+            FAILED.append(f"{hc.job.override_dirname or hc.job.num} (diverged)")
             return None
         sys.exit(3)
     # what a Hydra sweeper would optimise: the held-out pick when there is one
@@ -80,6 +83,10 @@ def cli() -> None:
               "'rpg-train[slurm]' (hydra-submitit-launcher)", file=sys.stderr)
         sys.exit(2)
     main()
+    if FAILED:  # the sweep went on past them; its exit status says they failed
+        print(f"error: {len(FAILED)} job(s) of the sweep failed: " + "; ".join(FAILED),
+              file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,11 @@ def test_bad_baseline_settings_name_key_and_value(quick_cfg, overrides, message)
         train(quick_cfg(*overrides, "model.name=resnet20", "data.in_chans=1"))
 
 
+def test_a_width_match_on_a_timm_model_names_match_width(quick_cfg):
+    with pytest.raises(UserError, match=r"^match.width=0.5 is not supported for timm models"):
+        train(quick_cfg("model=timm", "model.name=timm:resnet10t", "match.width=0.5"))
+
+
 def test_prune_keeps_exactly_the_target():
     model = create_model("resnet20", **FMNIST)
     assert prune_to(model, 5000) == 5000

@@ -33,8 +33,11 @@ def width_target(spec: dict, width: float, name: str | None = None) -> int:
     ref["name"] = name or spec["name"]
     if width != 1:
         ref["width"] = width
-    with torch.device("meta"):
-        return trainable_count(create_model(**ref))
+    try:
+        with torch.device("meta"):
+            return trainable_count(create_model(**ref))
+    except UserError as err:  # e.g. a backbone without a width multiplier: match.width
+        raise err.under("match") from None
 
 
 def solve(cfg, spec: dict, model: nn.Module) -> int:

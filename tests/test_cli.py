@@ -53,6 +53,7 @@ def test_bad_values_fail_with_one_line_before_training(tmp_path):
         "rpg.params=2.5": "rpg.params=2.5 is neither an integer nor a fraction in (0, 1)",
         "optim.name=lamb": "optim.name='lamb' is not valid; choose one of: sgd, adamw",
         "rpg.params=1e9": "rpg.params=1000000000 is out of range",
+        "rpg.prune.amount=1.5": "rpg.prune.amount=1.5 must be in [0, 1)",
         f"trainer.resume={tmp_path}/none.pt": f"trainer.resume='{tmp_path}/none.pt' does not exist",
     }
     for override, message in cases.items():

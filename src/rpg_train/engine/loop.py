@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -81,7 +82,8 @@ def train_one_epoch(run) -> None:
             if not last:
                 continue
             step_loss = step_loss / accumulate
-            if guard.skip(step_loss):  # nan_policy=skip: no update, no metrics for this step
+            skipped = guard.skip(step_loss)
+            if skipped:  # nan_policy=skip: no update, no metrics for this step
                 opt.zero_grad(set_to_none=True)
             else:
                 if run.grad_clip > 0:
@@ -95,7 +97,11 @@ def train_one_epoch(run) -> None:
                     run.ema.update(run.plain_model, step=run.step + 1)
                 for stats in step_stats:
                     sums.add_stats(*stats)
-            sched.step()
+            with warnings.catch_warnings():  # the schedule moves on past a skipped step,
+                if skipped:  # which torch would report as the scheduler stepping first
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step",
+                                            UserWarning)
+                sched.step()
             run.step += 1
             if run.step % 20 == 0 and not bar.disable:
                 rate = (run.batch - start_batch) * x.shape[0] / (time.perf_counter() - start)

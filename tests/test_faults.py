@@ -58,6 +58,18 @@ def test_resume_with_another_schedule_is_refused(quick_cfg, override, said):
         train(quick_cfg("trainer.epochs=2", "trainer.resume=auto", override))
 
 
+def test_a_step_schedule_run_can_be_extended_with_more_epochs(quick_cfg, tmp_path):
+    """The lr of step / exp / constant schedules does not depend on trainer.epochs."""
+    straight = train(quick_cfg("sched=step", "sched.step_size=1", "trainer.epochs=2",
+                               out="straight"))
+    train(quick_cfg("sched=step", "sched.step_size=1", "trainer.epochs=1", out="ext"))
+    longer = train(quick_cfg("sched=step", "sched.step_size=1", "trainer.epochs=2",
+                             "trainer.resume=auto", out="ext"))
+    assert longer["steps"] == straight["steps"] == 2 * PER_EPOCH
+    a, b = (_state(tmp_path / d / "last.pt")["model"] for d in ("straight", "ext"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(quick_cfg,
                                                                             tmp_path):
     train(quick_cfg("trainer.epochs=2", "trainer.max_steps=4"))  # epoch 1, a good last.pt

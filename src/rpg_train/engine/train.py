@@ -244,9 +244,14 @@ def load_resume(cfg, out_dir: Path) -> checkpoint.Checkpoint | None:
 
 
 def schedule(cfg, dist: Dist) -> dict:
-    """What the data order and the learning-rate schedule depend on: a resumed run must match."""
-    return {"world size": dist.world_size, "data.batch_size": cfg.data.batch_size,
-            "trainer.accumulate": cfg.trainer.accumulate, "trainer.epochs": cfg.trainer.epochs}
+    """What the data order and the learning-rate schedule depend on: a resumed run must match.
+    Only cosine's lr depends on the number of epochs: with step, exp and constant schedules a
+    finished run can be resumed with more trainer.epochs to train on."""
+    out = {"world size": dist.world_size, "data.batch_size": cfg.data.batch_size,
+           "trainer.accumulate": cfg.trainer.accumulate}
+    if cfg.sched.name == "cosine":
+        out["trainer.epochs"] = cfg.trainer.epochs
+    return out
 
 
 def global_batch(cfg, dist: Dist) -> int:

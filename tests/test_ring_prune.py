@@ -25,6 +25,7 @@ def test_pruned_entries_are_exactly_the_amount_and_stay_zero_while_fine_tuning(q
     res = train(quick_cfg(*PRUNE, out="run"))
     rec, report = res["ring_prune"], res["param_report"]
     assert (rec["entries"], rec["pruned"], rec["amount"]) == (2000, 1000, 0.5)
+    assert rec["trained_epochs"] == 1
     assert rec["before_top1"] == plain["final_top1"]  # the same training up to the pruning
     assert res["epochs"] == 3 and res["steps"] == 3 * 4
     assert report["trainable"] == plain["param_report"]["trainable"] - 1000
@@ -73,6 +74,12 @@ def test_resuming_a_pruned_run_with_other_settings_is_refused(quick_cfg):
                                                   "(now 0.8)")):
         train(quick_cfg("rpg.prune.amount=0.8", "rpg.prune.finetune_epochs=2",
                         "trainer.resume=auto"))
+
+
+def test_a_pruned_step_schedule_run_keeps_its_training_epochs(quick_cfg):
+    train(quick_cfg(*PRUNE, "sched=step", "trainer.max_steps=6"))
+    with pytest.raises(UserError, match=re.escape("trainer.epochs 1 (now 2)")):
+        train(quick_cfg(*PRUNE, "sched=step", "trainer.epochs=2", "trainer.resume=auto"))
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -64,6 +64,9 @@ def resume(run, ckpt, global_batch: int) -> None:
     now = {k: run.cfg.rpg.prune[k] for k in SETTINGS}
     now["lr"] = finetune_lr(run.cfg)
     diff = [f"rpg.prune.{k} {record[k]} (now {now[k]})" for k in SETTINGS if record[k] != now[k]]
+    trained = record.get("trained_epochs", run.cfg.trainer.epochs)  # pruned after these
+    if trained != run.cfg.trainer.epochs:
+        diff.append(f"trainer.epochs {trained} (now {run.cfg.trainer.epochs})")
     if diff:
         raise ckpt.error("was pruned with " + ", ".join(diff) + "; resume with the same values "
                          "or prune the unpruned run's checkpoint")
@@ -93,6 +96,7 @@ def begin(run, row: dict | None, evaluate_all, save, global_batch: int) -> dict 
     val = evaluate_all(run)
     run.ring_prune = dict(
         amount=cfg.rpg.prune.amount, finetune_epochs=cfg.rpg.prune.finetune_epochs,
+        trained_epochs=epochs,
         lr=finetune_lr(cfg), entries=entries, pruned=pruned, before_top1=before,
         pruned_top1=val["val_top1"], masks=ring_masks(run.plain_model))
     run.report = _pruned_report(run.report, pruned)

@@ -1,4 +1,5 @@
 """train(cfg): every model family and scope, outputs, resume, evaluate, bad input."""
+import contextlib
 import importlib
 import json
 import os
@@ -273,3 +274,38 @@ def test_stop_signals_set_a_flag_and_restore_the_handlers():
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested and str(Interrupted(stop.signum)) == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def _evaluate_uneven(rank, world, port, out):
+    import torch.distributed as dist
+
+    from rpg_train.engine.loop import evaluate
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x, y = torch.randn(5, 4, generator=torch.Generator().manual_seed(1)), torch.tensor(
+        [0, 1, 2, 0, 1])
+
+    class Shard(list):  # rank 0 holds every sample, rank 1 none (a held-out split of 1, say)
+        def set_epoch(self, epoch):
+            pass
+
+    loader = Shard([(x, y)] if rank == 0 else [])
+    got = evaluate(model, loader, contextlib.nullcontext)
+    torch.save(got, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_evaluate_with_an_empty_shard_on_one_rank(tmp_path):
+    import torch.multiprocessing as mp
+    from conftest import free_port
+
+    mp.spawn(_evaluate_uneven, args=(2, free_port(), str(tmp_path / "m")), nprocs=2)
+    a, b = (torch.load(tmp_path / f"m.{r}") for r in (0, 1))
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    hits = (model(x).argmax(1) == torch.tensor([0, 1, 2, 0, 1])).sum().item()
+    assert a == b and a["val_top1"] == pytest.approx(100 * hits / 5)

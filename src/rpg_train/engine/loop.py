@@ -151,5 +151,8 @@ def evaluate(model, loader, autocast, limit: int = 0, channels_last: bool = Fals
                                torch.tensor(float(y.numel()), dtype=torch.float64,
                                             device=y.device)])
             t = row if t is None else t + row
+    if t is None:  # this rank's shard is empty (fewer samples than processes): adds nothing
+        device = next(iter(model.parameters())).device
+        t = torch.zeros(4, dtype=torch.float64, device=device)
     loss, top1, top5, n = all_reduce_sum(t).tolist()
     return dict(val_loss=loss / n, val_top1=100.0 * top1 / n, val_top5=100.0 * top5 / n)

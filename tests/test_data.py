@@ -109,6 +109,25 @@ def test_cifar100_exact(tmp_path):
 
 
 # ------------------------------------------------------------ ImageNet
+def test_imagenet_holds_out_training_images(tmp_path):
+    from rpg_train.data import build_data
+
+    fx.write_imagenet(tmp_path, ["n01", "n02", "n03"], 3)
+    cfg = make_cfg("imagenet", tmp_path, batch_size=2, eval_batch_size=4, val_split=3)
+    data = build_data(cfg, "cpu", seed=1)
+    train = {p for p, _ in data.train._loader.dataset.folder.samples}
+    held = {p for p, _ in data.holdout._loader.dataset.folder.samples}
+    assert len(train) == 6 and len(held) == 3 and not train & held
+    assert len(train | held) == 9  # every training image is in exactly one part
+    again = build_data(make_cfg("imagenet", tmp_path, batch_size=2, val_split=3), "cpu", seed=7)
+    assert {p for p, _ in again.holdout._loader.dataset.folder.samples} == held  # fixed, not per seed
+    x, y = collect(data.holdout)
+    assert x.shape == (3, 3, 224, 224)
+    assert sorted(y.tolist()) == sorted(t for _, t in data.holdout._loader.dataset.folder.samples)
+    with pytest.raises(UserError, match=r"data.val_split=9 must be in \[0, 8\]: imagenet"):
+        build_data(make_cfg("imagenet", tmp_path, val_split=9), "cpu", seed=1)
+
+
 def test_imagenet_folder(tmp_path):
     fx.write_imagenet(tmp_path, ["n01", "n02", "n03"], 3)
     assert dataset_info("imagenet", make_cfg("imagenet", tmp_path))["num_classes"] == 3

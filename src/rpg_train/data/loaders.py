@@ -6,6 +6,8 @@ run resumed at epoch k sees exactly the batches an uninterrupted run would see.
 
 from __future__ import annotations
 
+import copy
+
 import random
 from typing import Any, NamedTuple
 
@@ -254,7 +256,7 @@ def auto_augment(policy: str | None, mean) -> list:
     return list(secondary.transforms)
 
 
-def _imagenet_loaders(cfg, device, seed, rank, world_size, with_train=True):
+def _imagenet_loaders(cfg, device, seed, rank, world_size, with_train=True, split=0):
     from torchvision import transforms as T
 
     root = ds.default_root("imagenet", getattr(cfg, "root", None))
@@ -275,13 +277,19 @@ def _imagenet_loaders(cfg, device, seed, rank, world_size, with_train=True):
     common = dict(device=device, seed=seed, rank=rank, world_size=world_size, num_workers=workers,
                   mean=mean, std=std)
     erase = float(getattr(cfg, "re_prob", 0.0) or 0.0)
-    train = None
+    train = holdout = None
     if with_train:  # scanning 1.28 M training files is not free: skip it for evaluation
-        train = FolderLoader(SeededImageDataset(ds.imagenet_folder(root, "train", classes), train_tf, aug),
+        folder = ds.imagenet_folder(root, "train", classes)
+        if split:  # held-out training images, evaluated like the val folder
+            keep, held = holdout_indices(len(folder), split, "imagenet")
+            folder, held = _folder_subset(folder, keep), _folder_subset(folder, held)
+            holdout = FolderLoader(SeededImageDataset(held, eval_tf, False),
+                                   batch_size=_eval_bs(cfg), train=False, **common)
+        train = FolderLoader(SeededImageDataset(folder, train_tf, aug),
                              batch_size=cfg.batch_size, train=True, re_prob=erase, **common)
     val = FolderLoader(SeededImageDataset(ds.imagenet_folder(root, "val", classes), eval_tf, False),
                        batch_size=_eval_bs(cfg), train=False, **common)
-    return train, val
+    return train, val, holdout
 
 
 def _eval_bs(cfg) -> int:
@@ -294,15 +302,29 @@ class Loaders(NamedTuple):
     holdout: Any = None  # data.val_split > 0: held-out training samples, to pick an epoch
 
 
+def holdout_indices(total: int, n: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held-out) indices of a training split of `total` samples: `n` held out, chosen
+    by a fixed seed, the same for every run of the dataset, so runs with different seeds
+    select on the same set."""
+    if not 0 < n < total:
+        raise UserError("data.val_split", n, f"must be in [0, {total - 1}]: {name} "
+                        f"has {total} training samples")
+    perm = torch.randperm(total, generator=torch.Generator().manual_seed(_HOLDOUT_SEED))
+    return perm[n:].sort().values, perm[:n].sort().values
+
+
 def holdout_split(images, labels, n: int, name: str):
-    """(train, held-out) parts of a training split: `n` samples chosen by a fixed seed, the
-    same for every run of the dataset, so runs with different seeds select on the same set."""
-    if not 0 < n < len(images):
-        raise UserError("data.val_split", n, f"must be in [0, {len(images) - 1}]: {name} "
-                        f"has {len(images)} training samples")
-    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(_HOLDOUT_SEED))
-    keep, held = perm[n:].sort().values, perm[:n].sort().values
+    """(train, held-out) parts of an in-memory training split (holdout_indices)."""
+    keep, held = holdout_indices(len(images), n, name)
     return (images[keep], labels[keep]), (images[held], labels[held])
+
+
+def _folder_subset(folder, indices: torch.Tensor):
+    """The same ImageFolder over some of its samples."""
+    part = copy.copy(folder)
+    part.samples = [folder.samples[i] for i in indices.tolist()]
+    part.imgs, part.targets = part.samples, [t for _, t in part.samples]
+    return part
 
 
 def build_loaders(cfg, device, seed: int, rank: int = 0, world_size: int = 1, with_train: bool = True):
@@ -339,10 +361,8 @@ def build_data(cfg, device, seed: int, rank: int = 0, world_size: int = 1,
     split = int(getattr(cfg, "val_split", 0) or 0)
     holdout = None
     if name == "imagenet":
-        if split:
-            raise UserError("data.val_split", split, "is not supported for imagenet yet (only "
-                            "for the in-memory datasets); select on the val folder instead")
-        train, val = _imagenet_loaders(cfg, device, seed, rank, world_size, with_train)
+        train, val, holdout = _imagenet_loaders(cfg, device, seed, rank, world_size, with_train,
+                                                split)
     else:
         root, download = getattr(cfg, "root", None), bool(getattr(cfg, "download", False))
         kw = dict(device=device, seed=seed, rank=rank, world_size=world_size)

@@ -67,6 +67,7 @@ def test_ring_solver_across_models(compose_cfg):
     (["model.width=-1"], "model.width=-1.0 must be a positive multiplier"),
     (["match.model=resnet56"], "match.model='?resnet56'? needs match.width"),
     (["data.val_split=-5"], "data.val_split=-5 must not be negative"),
+    (["data.num_val=0"], "data.num_val=0 must be at least 1"),
 ])
 def test_bad_baseline_settings_name_key_and_value(quick_cfg, overrides, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(")):

@@ -128,6 +128,17 @@ def test_imagenet_holds_out_training_images(tmp_path):
         build_data(make_cfg("imagenet", tmp_path, val_split=9), "cpu", seed=1)
 
 
+def test_an_imagenet_without_val_images_is_one_line(tmp_path):
+    import shutil
+
+    fx.write_imagenet(tmp_path, ["n01", "n02"], 2)
+    for c in ("n01", "n02"):
+        shutil.rmtree(tmp_path / "val" / c)
+        (tmp_path / "val" / c).mkdir()
+    with pytest.raises(UserError, match=r"^data.root='.*' has no images under .*/val/<class>/"):
+        build_loaders(make_cfg("imagenet", tmp_path, batch_size=2), "cpu", seed=0)
+
+
 def test_imagenet_folder(tmp_path):
     fx.write_imagenet(tmp_path, ["n01", "n02", "n03"], 3)
     assert dataset_info("imagenet", make_cfg("imagenet", tmp_path))["num_classes"] == 3

@@ -278,34 +278,42 @@ def test_stop_signals_set_a_flag_and_restore_the_handlers():
 
 def _evaluate_uneven(rank, world, port, out):
     import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
 
     from rpg_train.engine.loop import evaluate
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     torch.manual_seed(0)
-    model = torch.nn.Linear(4, 3)
+    model = DDP(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)))
     x, y = torch.randn(5, 4, generator=torch.Generator().manual_seed(1)), torch.tensor(
         [0, 1, 2, 0, 1])
+    torch.nn.functional.cross_entropy(model(x + rank), y).backward()  # BatchNorm stats differ
 
     class Shard(list):  # rank 0 holds every sample, rank 1 none (a held-out split of 1, say)
+        device = torch.device("cpu")
+
         def set_epoch(self, epoch):
             pass
 
-    loader = Shard([(x, y)] if rank == 0 else [])
-    got = evaluate(model, loader, contextlib.nullcontext)
-    torch.save(got, f"{out}.{rank}")
+    got = evaluate(model, Shard([(x, y)] if rank == 0 else []), contextlib.nullcontext)
+    torch.save(dict(got, state=model.module.state_dict()), f"{out}.{rank}")
     dist.destroy_process_group()
 
 
 def test_evaluate_with_an_empty_shard_on_one_rank(tmp_path):
+    """Rank 1 has no batches; the DDP model's buffers (rank 0's after evaluate) must not make
+    a collective that rank 1 never joins. The metrics are rank 0's samples', on both ranks."""
     import torch.multiprocessing as mp
     from conftest import free_port
 
     mp.spawn(_evaluate_uneven, args=(2, free_port(), str(tmp_path / "m")), nprocs=2)
     a, b = (torch.load(tmp_path / f"m.{r}") for r in (0, 1))
+    sa, sb = a.pop("state"), b.pop("state")
+    assert a == b and all(torch.equal(sa[k], sb[k]) for k in sa)  # the same model evaluated
     torch.manual_seed(0)
-    model = torch.nn.Linear(4, 3)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    model.load_state_dict(sa)
     x = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
-    hits = (model(x).argmax(1) == torch.tensor([0, 1, 2, 0, 1])).sum().item()
-    assert a == b and a["val_top1"] == pytest.approx(100 * hits / 5)
+    hits = (model.eval()(x).argmax(1) == torch.tensor([0, 1, 2, 0, 1])).sum().item()
+    assert a["val_top1"] == pytest.approx(100 * hits / 5)

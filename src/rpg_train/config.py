@@ -228,7 +228,8 @@ def validate(cfg) -> None:
         raise UserError("model.name", cfg.model.name, "is not a known model; choose one of: "
                         + ", ".join(available()))
     for key in ("trainer.epochs", "data.batch_size", "data.eval_batch_size", "sched.step_size",
-                "trainer.nan_check_every", "trainer.accumulate"):
+                "trainer.nan_check_every", "trainer.accumulate", "data.num_train",
+                "data.num_val"):
         if _get(cfg, key) < 1:
             raise UserError(key, _get(cfg, key), "must be at least 1")
     for key in ("trainer.max_steps", "trainer.limit_batches", "trainer.grad_clip",

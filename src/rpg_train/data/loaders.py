@@ -287,7 +287,11 @@ def _imagenet_loaders(cfg, device, seed, rank, world_size, with_train=True, spli
                                    batch_size=_eval_bs(cfg), train=False, **common)
         train = FolderLoader(SeededImageDataset(folder, train_tf, aug),
                              batch_size=cfg.batch_size, train=True, re_prob=erase, **common)
-    val = FolderLoader(SeededImageDataset(ds.imagenet_folder(root, "val", classes), eval_tf, False),
+    val_folder = ds.imagenet_folder(root, "val", classes)
+    if len(val_folder) == 0:
+        raise UserError("data.root", root, f"has no images under {root}/val/<class>/ (the "
+                        "torchvision ImageFolder layout, the same class folders as train)")
+    val = FolderLoader(SeededImageDataset(val_folder, eval_tf, False),
                        batch_size=_eval_bs(cfg), train=False, **common)
     return train, val, holdout
 

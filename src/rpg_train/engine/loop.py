@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..log import progress
 from ..rpg import cached
-from .distributed import all_reduce_sum
+from .distributed import all_reduce_sum, broadcast_buffers
 
 
 class EpochSums:
@@ -97,10 +97,12 @@ def train_one_epoch(run) -> None:
                     run.ema.update(run.plain_model, step=run.step + 1)
                 for stats in step_stats:
                     sums.add_stats(*stats)
-            with warnings.catch_warnings():  # the schedule moves on past a skipped step,
-                if skipped:  # which torch would report as the scheduler stepping first
+            if skipped:  # the schedule moves on past a skipped step, which torch would
+                with warnings.catch_warnings():  # report as the scheduler stepping first
                     warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step",
                                             UserWarning)
+                    sched.step()
+            else:
                 sched.step()
             run.step += 1
             if run.step % 20 == 0 and not bar.disable:
@@ -114,6 +116,17 @@ def train_one_epoch(run) -> None:
         sums.seconds += time.perf_counter() - start
         bar.close()
     run.check(end_of_epoch=True)
+
+
+def _for_eval(model):
+    """The module a DDP wrapper holds (through torch.compile too), with rank 0's buffers
+    (BatchNorm statistics): the wrapper's forward would broadcast them itself, a collective
+    that a rank with an empty shard would never join."""
+    inner = getattr(model, "_orig_mod", model)
+    if isinstance(inner, torch.nn.parallel.DistributedDataParallel):
+        broadcast_buffers(inner.module)
+        return inner.module
+    return model
 
 
 def soft_cross_entropy(logits, target):
@@ -131,7 +144,9 @@ def no_sync(model, skip: bool):
 def evaluate(model, loader, autocast, limit: int = 0, channels_last: bool = False) -> dict:
     """Loss, top-1 and top-5 (top-k capped at the class count) over the loader, all ranks.
     Each generated weight is made once for the whole pass (`cached`; it finds the rings
-    through a DDP or torch.compile wrapper too)."""
+    through a torch.compile wrapper too). Under DDP the wrapped module is evaluated with rank
+    0's buffers, so no collective waits on a rank that has no batches."""
+    model = _for_eval(model)
     model.eval()
     loader.set_epoch(0)
     t = None
@@ -152,7 +167,8 @@ def evaluate(model, loader, autocast, limit: int = 0, channels_last: bool = Fals
                                             device=y.device)])
             t = row if t is None else t + row
     if t is None:  # this rank's shard is empty (fewer samples than processes): adds nothing
-        device = next(iter(model.parameters())).device
-        t = torch.zeros(4, dtype=torch.float64, device=device)
+        t = torch.zeros(4, dtype=torch.float64, device=loader.device)
     loss, top1, top5, n = all_reduce_sum(t).tolist()
+    if n == 0:
+        raise ValueError("evaluate: the loader holds no samples on any process")
     return dict(val_loss=loss / n, val_top1=100.0 * top1 / n, val_top5=100.0 * top5 / n)

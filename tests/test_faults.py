@@ -68,6 +68,10 @@ def test_a_step_schedule_run_can_be_extended_with_more_epochs(quick_cfg, tmp_pat
     assert longer["steps"] == straight["steps"] == 2 * PER_EPOCH
     a, b = (_state(tmp_path / d / "last.pt")["model"] for d in ("straight", "ext"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(UserError, match=re.escape("trainer.epochs 2 (now 1)")):  # never fewer
+        train(quick_cfg("sched=step", "trainer.epochs=1", "trainer.resume=auto", out="ext"))
+    with pytest.raises(UserError, match=re.escape("sched.name step (now cosine)")):
+        train(quick_cfg("trainer.epochs=3", "trainer.resume=auto", out="ext"))
 
 
 def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(quick_cfg,

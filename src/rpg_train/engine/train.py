@@ -244,14 +244,26 @@ def load_resume(cfg, out_dir: Path) -> checkpoint.Checkpoint | None:
 
 
 def schedule(cfg, dist: Dist) -> dict:
-    """What the data order and the learning-rate schedule depend on: a resumed run must match.
-    Only cosine's lr depends on the number of epochs: with step, exp and constant schedules a
-    finished run can be resumed with more trainer.epochs to train on."""
-    out = {"world size": dist.world_size, "data.batch_size": cfg.data.batch_size,
-           "trainer.accumulate": cfg.trainer.accumulate}
-    if cfg.sched.name == "cosine":
-        out["trainer.epochs"] = cfg.trainer.epochs
-    return out
+    """What the data order and the learning-rate schedule depend on: a resumed run must match
+    (see check_schedule for trainer.epochs)."""
+    return {"world size": dist.world_size, "data.batch_size": cfg.data.batch_size,
+            "trainer.accumulate": cfg.trainer.accumulate, "sched.name": cfg.sched.name,
+            "trainer.epochs": cfg.trainer.epochs}
+
+
+def check_schedule(ckpt: checkpoint.Checkpoint, cfg, dist: Dist) -> None:
+    """Refuse a resume whose schedule differs. Only cosine's lr depends on the number of
+    epochs: a step, exp or constant run may be resumed with more trainer.epochs (never fewer)
+    to train on."""
+    mine = schedule(cfg, dist)
+    theirs = ckpt.state.get("schedule") or {}
+    # the checkpoint's schedule (older ones record it in their config only)
+    name = theirs.get("sched.name", ckpt.state.get("config", {}).get("sched", {}).get("name"))
+    before = theirs.get("trainer.epochs")
+    longer = before is not None and mine["trainer.epochs"] > before
+    if name in ("step", "exp", "constant") and longer:
+        mine["trainer.epochs"] = before  # longer is fine
+    checkpoint.check_schedule(ckpt, mine)
 
 
 def global_batch(cfg, dist: Dist) -> int:
@@ -264,7 +276,7 @@ def prepare(cfg, dist: Dist, out_dir: Path, t0: float) -> Run:
     seed_everything(cfg.trainer.seed)
     ckpt = load_resume(cfg, out_dir)
     if ckpt is not None:
-        checkpoint.check_schedule(ckpt, schedule(cfg, dist))
+        check_schedule(ckpt, cfg, dist)
     t, accumulate = cfg.trainer, cfg.trainer.accumulate
     if t.sync_bn and dist.world_size > 1 and dist.device.type != "cuda":
         raise UserError("trainer.sync_bn", True, f"needs CUDA devices (SyncBatchNorm); this run "

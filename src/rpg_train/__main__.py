@@ -11,13 +11,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
+from . import sweep
 from .config import register
 from .errors import UserError
 
 register()
 EXIT = {"Ctrl-C": 130, "SIGUSR1": 138, "SIGUSR2": 140, "SIGTERM": 143}  # 128 + the number
 log = logging.getLogger("rpg_train")
-FAILED: list[str] = []  # a multirun's failed jobs (basic launcher: all in this process)
 from .paths import CONF, QUIET  # noqa: E402  conf/: the checkout's, or the copy a wheel ships
 
 
@@ -27,16 +27,19 @@ def main(cfg: DictConfig) -> float | None:
     from .engine.signals import pass_on
 
     hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
     with open_dict(cfg):
         cfg.out_dir = hc.runtime.output_dir
-        if hc.mode == RunMode.MULTIRUN and cfg.logger.group is None:
+        if multirun and cfg.logger.group is None:
             cfg.logger.group = str(hc.sweep.dir)  # one W&B group per sweep
+    if multirun:
+        sweep.clear(cfg.out_dir)
     try:
         results = train(cfg)
     except UserError as err:  # bad input: one line; anything else is a bug with a traceback
         log.error("error: %s", str(err).splitlines()[0])
-        if hc.mode == RunMode.MULTIRUN:
-            FAILED.append(f"{hc.job.override_dirname or hc.job.num} (bad input)")
+        if multirun:
+            sweep.mark(cfg.out_dir, "bad input: " + str(err).splitlines()[0])
             return None  # let the sweep's other jobs run
         sys.exit(2)
     except Interrupted as stop:
@@ -51,8 +54,8 @@ def main(cfg: DictConfig) -> float | None:
         log.error("error: %s (trainer.nan_policy=%s, trainer.max_loss=%s); stopped without "
                   "saving, so last.pt still holds the last good state", bad,
                   cfg.trainer.nan_policy, cfg.trainer.max_loss)
-        if hc.mode == RunMode.MULTIRUN:
-            FAILED.append(f"{hc.job.override_dirname or hc.job.num} (diverged)")
+        if multirun:
+            sweep.mark(cfg.out_dir, f"diverged: {bad}")
             return None
         sys.exit(3)
     # what a Hydra sweeper would optimise: the held-out pick when there is one
@@ -83,9 +86,9 @@ def cli() -> None:
               "'rpg-train[slurm]' (hydra-submitit-launcher)", file=sys.stderr)
         sys.exit(2)
     main()
-    if FAILED:  # the sweep went on past them; its exit status says they failed
-        print(f"error: {len(FAILED)} job(s) of the sweep failed: " + "; ".join(FAILED),
-              file=sys.stderr)
+    if sweep.FAILED:  # the sweep went on past them; its exit status says they failed
+        print(f"error: {len(sweep.FAILED)} job(s) of the sweep failed: "
+              + "; ".join(sweep.FAILED), file=sys.stderr)
         sys.exit(1)
 
 

@@ -26,7 +26,7 @@ import copy
 import json
 import sys
 import time
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 import torch
@@ -65,8 +65,7 @@ def parse_args(argv):
     data = [_config(getattr(args, k))["data"]["name"] for k in ("rpg", "dense")]
     if data[0] != data[1]:
         p.error(f"--rpg trained on {data[0]} and --dense on {data[1]}: give twins")
-    world = checkpoint.load(args.rpg / "last.pt", key="--rpg").state.get("schedule", {}).get(
-        "world size", 1)
+    world = _trained(args.rpg).state.get("schedule", {}).get("world size", 1)
     if world != 1:  # its fine-tuning resumes it here, in one process
         p.error(f"--rpg {args.rpg} was trained by {world} processes; this script fine-tunes "
                 "in one (train the RPG model in one process, or prune it with torchrun and "
@@ -79,15 +78,21 @@ def finetune_lr(run_dir: Path) -> float:
     return _config(run_dir)["optim"]["lr"] / 10
 
 
+@lru_cache(maxsize=None)
+def _trained(run_dir: Path) -> checkpoint.Checkpoint:
+    """A run's last.pt, read once (an ImageNet checkpoint is large)."""
+    return checkpoint.load(run_dir / "last.pt", key=str(run_dir))
+
+
 def _config(run_dir: Path) -> dict:
-    return checkpoint.load(run_dir / "last.pt", key=str(run_dir)).state["config"]
+    return _trained(run_dir).state["config"]
 
 
 class Scorer:
     """Test top-1 of a model on its checkpoint's test split (built once)."""
 
-    def __init__(self, ckpt_path: Path):
-        cfg = checkpoint_config(checkpoint.load(ckpt_path, key=str(ckpt_path)))
+    def __init__(self, run_dir: Path):
+        cfg = checkpoint_config(_trained(run_dir))
         loaders = build_data(cfg.data, torch.device("cpu"), cfg.trainer.seed, with_train=False)
         self.loader = loaders.val
         self.autocast = partial(autocast_for, None, torch.device("cpu"))
@@ -100,7 +105,7 @@ def finetune(run_dir: Path, work: Path, overrides: list[str], start: Path | None
     """A fine-tuning run with `run_dir`'s config and `overrides`, in `work`, starting from
     checkpoint `start` (None: from scratch) or, if it was cut, from its own last.pt. A run
     already in `work` is reused only if it was made from the same checkpoint and overrides."""
-    ckpt = checkpoint.load(run_dir / "last.pt", key=str(run_dir))
+    ckpt = _trained(run_dir)
     overrides = ["trainer.progress=false", "logger.name=none", "trainer.max_steps=0",
                  *overrides]
     stamp = dict(source=str((run_dir / "last.pt").resolve()), source_step=ckpt.state["step"],
@@ -165,7 +170,7 @@ def nonzero_ring(model) -> int:
 
 def rpg_rows(args) -> list[dict]:
     model, _ = load_trained(args.rpg / "last.pt")
-    score, ft_lr = Scorer(args.rpg / "last.pt"), finetune_lr(args.rpg)
+    score, ft_lr = Scorer(args.rpg), finetune_lr(args.rpg)
     entries = sum(r.weight.numel() for r in rings_of(model))
     w = args.work
 
@@ -199,7 +204,7 @@ def rpg_rows(args) -> list[dict]:
 
 def dense_rows(args) -> list[dict]:
     model, _ = load_trained(args.dense / "last.pt")
-    score, ft_lr = Scorer(args.dense / "last.pt"), finetune_lr(args.dense)
+    score, ft_lr = Scorer(args.dense), finetune_lr(args.dense)
     layers = prunable_layers(model, False, False)
     generated = sum(m.weight.numel() for m in layers)
     w = args.work

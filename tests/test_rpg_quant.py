@@ -3,9 +3,12 @@ codes (int4 two per byte) and load back to exactly the dequantized model."""
 import pytest
 import torch
 
+from rpg_train.engine.optim import param_groups
 from rpg_train.errors import UserError
 from rpg_train.models import create_model
-from rpg_train.rpg import apply_rpg, load_compact, quantize_ring, rings_of, save_compact
+from rpg_train.rpg import (apply_rpg, load_compact, prune_ring, quantize_ring, ring_masks,
+                           rings_of, save_compact)
+from rpg_train.rpg.quant import pack_bits, unpack_bits
 
 
 def _model(params=20000):
@@ -66,9 +69,6 @@ def test_bad_settings(kw, message):
 
 @pytest.mark.parametrize("amount", [0.5, 0.8])
 def test_pruning_removes_the_fraction_and_it_stays_pruned_while_fine_tuning(amount):
-    from rpg_train.engine.optim import param_groups
-    from rpg_train.rpg import prune_ring
-
     model = _model()
     total = sum(r.weight.numel() for r in rings_of(model))
     mags = torch.cat([r.weight.detach().abs() for r in rings_of(model)])
@@ -88,14 +88,12 @@ def test_pruning_removes_the_fraction_and_it_stays_pruned_while_fine_tuning(amou
 
 
 def test_prune_amount_is_checked():
-    from rpg_train.rpg import prune_ring
 
     with pytest.raises(UserError, match=r"amount=1.0 must be in \[0, 1\)"):
         prune_ring(_model(), 1.0)
 
 
 def test_a_pruned_ring_is_stored_sparse_and_loads_pruned(tmp_path):
-    from rpg_train.rpg import prune_ring, ring_masks
 
     model = _model()
     save_compact(model, tmp_path / "float.st")
@@ -117,8 +115,6 @@ def test_a_pruned_ring_is_stored_sparse_and_loads_pruned(tmp_path):
 
 @pytest.mark.parametrize("n", [1, 8, 13, 4096])
 def test_bit_packing_round_trips(n):
-    from rpg_train.rpg.quant import pack_bits, unpack_bits
-
     mask = torch.rand(n, generator=torch.Generator().manual_seed(n)) > 0.5
     packed = pack_bits(mask)
     assert packed.dtype == torch.uint8 and packed.numel() == -(-n // 8)
@@ -129,7 +125,6 @@ def test_a_pruned_ring_stays_pruned_through_deepcopy_pickle_and_training():
     import copy
     import io
 
-    from rpg_train.rpg import prune_ring, ring_masks
 
     model = _model()
     prune_ring(model, 0.5)
@@ -137,7 +132,7 @@ def test_a_pruned_ring_stays_pruned_through_deepcopy_pickle_and_training():
     buf = io.BytesIO()
     torch.save(model, buf)  # the mask is a buffer, not a hook: the model pickles
     buf.seek(0)
-    loaded = torch.load(buf, weights_only=False)
+    loaded = torch.load(buf, weights_only=False)  # our own bytes: unpickling is the point
     for m in (twin, loaded):
         opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
         for _ in range(2):
@@ -152,7 +147,6 @@ def test_a_pruned_ring_stays_pruned_through_deepcopy_pickle_and_training():
 
 
 def test_a_masked_entry_generates_zero_whatever_it_holds(tmp_path):
-    from rpg_train.rpg import prune_ring, ring_masks
 
     model = _model()
     prune_ring(model, 0.5)
@@ -171,7 +165,6 @@ def test_a_masked_entry_generates_zero_whatever_it_holds(tmp_path):
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_pruned_then_quantized_stores_codes_of_the_kept_entries_only(tmp_path, bits):
-    from rpg_train.rpg import prune_ring, ring_masks
 
     model = _model()
     prune_ring(model, 0.8)

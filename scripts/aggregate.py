@@ -272,7 +272,7 @@ def plot_arms(groups: list[Group], path: Path) -> list[str]:
     arms = sorted({(g.model, g.label) for g in groups}, key=lambda a: (a[0], a[1].lower()))
     sizes = sorted({g.trainable for g in groups})
     colours = plt.get_cmap("tab10" if len(sizes) <= 10 else "viridis")
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * len(arms) + 0.06 * len(arms) * len(sizes)))
+    fig, ax = plt.subplots(figsize=(9.5, 1.4 + 0.45 * len(arms) + 0.06 * len(arms) * len(sizes)))
     for g in groups:
         row = arms.index((g.model, g.label))
         k = sizes.index(g.trainable)
@@ -292,7 +292,7 @@ def plot_arms(groups: list[Group], path: Path) -> list[str]:
     ax.set_xlabel("final top-1 (%): mean ± std over seeds, dots are seeds")
     ax.set_title("final top-1 per arm, by size")
     ax.grid(True, axis="x", alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))  # off the rows
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

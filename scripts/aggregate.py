@@ -127,10 +127,13 @@ def fit_lines(fits: dict[str, dict]) -> list[str]:
     lines = []
     for name, f in fits.items():
         if f["saturating"]:
-            sat = f["saturating"]
-            where = (f"within {SATURATION_MARGIN} of a from {f['saturated_from']:,.0f} "
-                     "trainable" if f["saturated_from"] else "not within "
-                     f"{SATURATION_MARGIN} of a at any size")
+            sat, start = f["saturating"], f["saturated_from"]
+            if start is not None and start <= f["sizes"][-1]:
+                where = f"within {SATURATION_MARGIN} of a from {start:,.0f} trainable"
+            else:
+                where = f"not within {SATURATION_MARGIN} of a at any measured size"
+            if sat["a"] >= 100 - 1e-6:
+                where += "; a at its bound of 100"
             lines.append(f"Fit {name}, saturating: top-1 = {saturating_formula(sat)} "
                          f"(n = {sat['n']} runs; {where})")
         if f["log10"]:

@@ -623,3 +623,29 @@ def test_capacity_study_is_seed_major():
     arms = [f"{rings} rpg.sampling=even,iid", f"{rings} rpg.sampling=plain rpg.sign=false",
             f"{rings} rpg.offset=true", f"{rings} rpg.sign=false", "rpg=none"]
     assert lines == [f"{common}{seeds} {arm}" for seeds in ("0,1", "2,3") for arm in arms]
+
+
+def test_a_line_without_plateau_fits_log_linear_over_every_size(capacity_out):
+    """The capacity fixture's RPG line is straight in log10(DoF): the saturating fit finds no
+    plateau in range, so the log-linear fit takes all four sizes and finds the line."""
+    fit = json.loads((capacity_out / "fit.json").read_text())["resnet20 RPG"]
+    assert fit["log10_sizes"] == [2638, 4726, 8902, 17254]
+    assert (fit["log10"]["a"], fit["log10"]["b"]) == (pytest.approx(80.0), pytest.approx(4.0))
+    assert "not within 0.5 of a at any measured size; a at its bound of 100" in \
+        summary(capacity_out)
+
+
+def test_each_rpg_family_gets_its_own_fit(tmp_path):
+    """RPG rows that differ in more than their size (here the epochs) are never fitted as
+    one line."""
+    for epochs, offset in ((5, 0.0), (1, -5.0)):
+        for dof in (1000, 10000, 100000):
+            for seed in (0, 1):
+                write_run(tmp_path / "sweep" / f"{epochs},{dof},{seed}", seed=seed,
+                          top1=rpg_top1(dof, seed) + offset, trainable=dof, ring=dof - 100,
+                          config_extra={"trainer": {"epochs": epochs}})
+    run_main(tmp_path / "sweep", "--out", tmp_path / "out")
+    fits = json.loads((tmp_path / "out" / "fit.json").read_text())
+    assert {name: (f["log10"]["a"], f["log10"]["b"]) for name, f in fits.items()} == {
+        "resnet20 RPG [trainer.epochs=1]": (pytest.approx(45.0), pytest.approx(10.0)),
+        "resnet20 RPG [trainer.epochs=5]": (pytest.approx(50.0), pytest.approx(10.0))}

@@ -15,7 +15,7 @@ from rpg_train.engine.build import build_model
 from rpg_train.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, lr_factor
 from rpg_train.errors import UserError
 from rpg_train.models import create_model
-from rpg_train.rpg import SAMPLINGS, SCOPES
+from rpg_train.rpg import SAMPLINGS, SCOPES, param_report
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # conf/hydra holds Hydra's own options (the SLURM launcher), not the run's
@@ -199,6 +199,18 @@ def test_rpg_params_fraction_is_a_share_of_the_generated_weights(compose_cfg):
     validate(cfg)
     model, _, _ = build_model(cfg, INFO)
     assert model.rpg_spec["params"] == round(0.05 * 267264)  # ResNet-20 generates 267264
+
+
+def test_rpg_params_may_be_the_generated_count_and_not_the_fraction_one(compose_cfg):
+    """ResNet-20 at width 0.25 generates 16704 weights: a ring of 16704 is T/N = 1; 1.0 is
+    refused with the count to give instead (Hydra reads `rpg.params=1` as 1.0 too)."""
+    model, _, _ = build_model(compose_cfg(["model.width=0.25", "rpg.params=16704"]), INFO)
+    assert model.rpg_spec["params"] == 16704 == param_report(model)["generated"]
+    for given in ("1", "1.0"):
+        with pytest.raises(UserError) as info:
+            build_model(compose_cfg(["model.width=0.25", f"rpg.params={given}"]), INFO)
+        assert str(info.value) == ("rpg.params=1.0 is ambiguous (a fraction is in (0, 1)); "
+                                   "give the exact count 16704 for a ring as large as the layers")
 
 
 @pytest.mark.parametrize("override,message", [

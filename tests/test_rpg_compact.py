@@ -95,7 +95,9 @@ GENERATED_R20 = sum(p.numel() for n, p in _r20().named_parameters()
     ("abc", r"params='abc' is not a ring size; give an integer"),
     (True, r"params=True is not a ring size"),
     (float("nan"), r"params=nan is neither an integer nor a fraction"),
-    (GENERATED_R20, rf"params={GENERATED_R20} is out of range.*\[1, {GENERATED_R20 - 1}\]"),
+    (GENERATED_R20 + 1, rf"params={GENERATED_R20 + 1} is out of range.*\[1, {GENERATED_R20}\]"),
+    (1.0, rf"^params=1.0 is ambiguous \(a fraction is in \(0, 1\)\); give the exact count "
+          rf"{GENERATED_R20} for a ring as large as the layers$"),
 ])
 def test_bad_params(params, match):
     with pytest.raises(UserError, match=match):
@@ -104,6 +106,17 @@ def test_bad_params(params, match):
 
 def test_integral_float_params_are_accepted():
     assert param_report(apply_rpg(_r20(), "network", 1e4))["ring"] == 10_000
+
+
+def test_a_ring_as_large_as_the_layers_is_allowed():
+    """params = T (T/N = 1): with even sampling every entry is read exactly once."""
+    for scope in ("network", "stage"):
+        model = apply_rpg(_r20(), scope, GENERATED_R20)
+        rep = param_report(model)
+        assert rep["ring"] == rep["generated"] == GENERATED_R20
+        counts = sum(torch.bincount((r.index % r.weight.numel()).long()).tolist().count(1)
+                     for r in model.rpg_rings.values())
+        assert counts == GENERATED_R20
 
 
 def test_local_ring_with_zero_entries():

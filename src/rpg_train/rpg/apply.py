@@ -46,9 +46,9 @@ def apply_rpg(model: nn.Module, scope: str, params, seed: int = 0, sampling: str
                         "share_stem/share_head)")
     total = sum(t.numel for t in targets)
     params = ring_size(params, total)
-    if not 1 <= params < total:
+    if not 1 <= params <= total:  # = total: the ring as large as the layers (T/N = 1)
         raise UserError("params", params, f"is out of range: scope={scope!r} generates "
-                        f"{total} weights, so params must be in [1, {total - 1}] or a "
+                        f"{total} weights, so params must be in [1, {total}] or a "
                         "fraction in (0, 1)")
     left_out = ungenerated_weights(model)
     if left_out:

@@ -130,10 +130,14 @@ def group_targets(targets: list[Target], scope: str) -> dict[str, list[Target]]:
 def ring_size(params, total: int) -> int:
     """The total ring size asked for: an integer (also a numpy integer, or an integral float
     such as 1e5, which is how Hydra reads `1e5`), or a fraction in (0, 1) meaning that share
-    of the `total` generated weights, rounded to the nearest entry."""
+    of the `total` generated weights, rounded to the nearest entry. The float 1.0 is refused:
+    Hydra reads `1` as 1.0, and a one-entry ring is never what was meant."""
     if isinstance(params, bool) or not isinstance(params, numbers.Real):
         raise UserError("params", params, "is not a ring size; give an integer (25000, 1e5) "
                         "or a fraction in (0, 1) of the generated weights")
+    if isinstance(params, float) and params == 1.0:  # the fraction 1, or a 1-entry ring?
+        raise UserError("params", params, "is ambiguous (a fraction is in (0, 1)); give the "
+                        f"exact count {total} for a ring as large as the layers")
     if 0 < params < 1:
         return max(1, round(float(params) * total))
     if float(params).is_integer():

@@ -73,8 +73,19 @@ DEFAULT_RUN = {
 
 
 def test_the_default_run_is_unchanged(compose_cfg):
-    cfg = OmegaConf.to_container(compose_cfg())
+    # resolved: rpg.seed is ${trainer.seed}, 0 by default as it was before
+    cfg = OmegaConf.to_container(compose_cfg(), resolve=True)
     assert {k: v for k, v in cfg.items() if k != "out_dir"} == DEFAULT_RUN
+
+
+@pytest.mark.parametrize("overrides,seed", [([], 0), (["trainer.seed=3"], 3),
+                                            (["trainer.seed=3", "rpg.seed=7"], 7),
+                                            (["rpg.seed=7"], 7)])
+def test_the_tables_seed_follows_the_run_seed_unless_given(compose_cfg, overrides, seed):
+    cfg = compose_cfg(overrides)
+    assert cfg.rpg.seed == seed and type(cfg.rpg.seed) is int
+    model, _, _ = build_model(cfg, INFO)
+    assert model.rpg_spec["seed"] == seed
 
 
 def test_trainer_gpu_is_a_hardware_profile_and_experiments_set_epochs(compose_cfg):

@@ -145,7 +145,7 @@ def test_unknown_group_option_lists_choices(compose_cfg):
     ("data.name=svhn", "data.name='svhn' is not valid; choose one of: fashion_mnist, mnist, "
                        "cifar10, cifar100, imagenet, synthetic"),
     ("rpg.scope=global", "rpg.scope='global' is not valid; choose one of: network, stage"),
-    ("rpg.sampling=hash", "rpg.sampling='hash' is not valid; choose one of: even, ring, iid"),
+    ("rpg.sampling=hash", "rpg.sampling='hash' is not valid; choose one of: even, ring, iid, plain"),
     ("optim.name=lamb", "optim.name='lamb' is not valid; choose one of: sgd, adamw"),
     ("sched.name=poly", "sched.name='poly' is not valid; choose one of: cosine, step, exp, "
                         "constant"),

@@ -23,7 +23,8 @@ def _trained(name="resnet20", **kw):
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(sampling="iid", sign=False, seed=5),
-                                dict(scope="network", share_stem=True, share_head=True)])
+                                dict(scope="network", share_stem=True, share_head=True),
+                                dict(sampling="plain", sign=False), dict(sampling="plain")])
 def test_compact_round_trip_is_bit_exact_and_small(tmp_path, kw):
     model = _trained(**kw)
     path = tmp_path / "m.safetensors"
@@ -127,7 +128,7 @@ def test_local_ring_with_zero_entries():
 
 @pytest.mark.parametrize("kw,match", [
     (dict(scope="global", params=10), r"scope='global' is not valid; choose one of: network, stage, block, layer, none"),
-    (dict(scope="network", params=10, sampling="hash"), r"sampling='hash' is not valid; choose one of: even, ring, iid"),
+    (dict(scope="network", params=10, sampling="hash"), r"sampling='hash' is not valid; choose one of: even, ring, iid, plain$"),
 ])
 def test_unknown_scope_and_sampling(kw, match):
     with pytest.raises(UserError, match=match):

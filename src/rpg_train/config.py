@@ -50,7 +50,7 @@ class RPGConfig:
     # seeds the index and sign tables; by default the run's seed, so a sweep over
     # trainer.seed redraws the tables too (runs before this default used 0)
     seed: int = II("trainer.seed")
-    sampling: str = "even"  # rpg.SAMPLINGS: even | ring | iid
+    sampling: str = "even"  # rpg.SAMPLINGS: even | ring | iid | plain
     sign: bool = True
     share_stem: bool = False
     share_head: bool = False

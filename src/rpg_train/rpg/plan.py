@@ -16,7 +16,7 @@ import torch.nn as nn
 from ..errors import UserError
 
 SCOPES = ("network", "stage", "block", "layer", "none")
-SAMPLINGS = ("even", "ring", "iid")
+SAMPLINGS = ("even", "ring", "iid", "plain")
 GENERATED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
@@ -179,7 +179,9 @@ def draw_index(sizes: list[int], n: int, sampling: str, sign: bool,
     all positions. The extra entries are the first `T mod n`; since ring entries are drawn
     i.i.d. that is the same distribution as a random subset. ring: sequential fetch around
     the ring, each layer continuing where the previous stopped, positions permuted per layer.
-    iid: every weight draws its entry uniformly with replacement (HashedNet).
+    iid: every weight draws its entry uniformly with replacement (HashedNet). plain: plain
+    recurrence, every layer reads the ring in order from its first entry (tiled when larger),
+    no permutation, so layers of equal shape read the same entries.
     """
     total = sum(sizes)
     if sampling == "even":
@@ -193,6 +195,8 @@ def draw_index(sizes: list[int], n: int, sampling: str, sign: bool,
             pieces.append(((start + torch.randperm(m, generator=gen)) % n).to(torch.int32))
             start += m
         index = torch.cat(pieces)
+    elif sampling == "plain":
+        index = torch.cat([torch.arange(m, dtype=torch.int32) % n for m in sizes])
     else:
         index = torch.randint(n, (total,), generator=gen, dtype=torch.int32)
     if sign:

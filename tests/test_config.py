@@ -48,7 +48,7 @@ DEFAULT_RUN = {
     "model": dict(name="resnet20", num_classes=None, in_chans=None, small_input=None,
                   width=1.0, kwargs={}),
     "rpg": dict(scope="network", params=25000, seed=0, sampling="even", sign=True,
-                share_stem=False, share_head=False,
+                offset=False, share_stem=False, share_head=False,
                 prune=dict(amount=0.0, finetune_epochs=0, lr=None)),
     "data": dict(name="fashion_mnist", root=None, batch_size=128, eval_batch_size=512,
                  num_workers=8, download=True, augment=False, val_split=0, auto_augment=None,

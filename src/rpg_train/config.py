@@ -52,6 +52,9 @@ class RPGConfig:
     seed: int = II("trainer.seed")
     sampling: str = "even"  # rpg.SAMPLINGS: even | ring | iid | plain
     sign: bool = True
+    # a frozen random theta0 (each layer's Kaiming init, from rpg.seed) added to the generated
+    # weights, the ring starting at 0: Li et al.'s random subspace; one float per weight
+    offset: bool = False
     share_stem: bool = False
     share_head: bool = False
     prune: RingPruneConfig = field(default_factory=RingPruneConfig)

@@ -15,7 +15,7 @@ from rpg_train.engine.build import build_model
 from rpg_train.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, lr_factor
 from rpg_train.errors import UserError
 from rpg_train.models import create_model
-from rpg_train.rpg import SAMPLINGS, SCOPES
+from rpg_train.rpg import SAMPLINGS, SCOPES, param_report
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # conf/hydra holds Hydra's own options (the SLURM launcher), not the run's
@@ -48,7 +48,7 @@ DEFAULT_RUN = {
     "model": dict(name="resnet20", num_classes=None, in_chans=None, small_input=None,
                   width=1.0, kwargs={}),
     "rpg": dict(scope="network", params=25000, seed=0, sampling="even", sign=True,
-                share_stem=False, share_head=False,
+                offset=False, share_stem=False, share_head=False,
                 prune=dict(amount=0.0, finetune_epochs=0, lr=None)),
     "data": dict(name="fashion_mnist", root=None, batch_size=128, eval_batch_size=512,
                  num_workers=8, download=True, augment=False, val_split=0, auto_augment=None,
@@ -73,8 +73,19 @@ DEFAULT_RUN = {
 
 
 def test_the_default_run_is_unchanged(compose_cfg):
-    cfg = OmegaConf.to_container(compose_cfg())
+    # resolved: rpg.seed is ${trainer.seed}, 0 by default as it was before
+    cfg = OmegaConf.to_container(compose_cfg(), resolve=True)
     assert {k: v for k, v in cfg.items() if k != "out_dir"} == DEFAULT_RUN
+
+
+@pytest.mark.parametrize("overrides,seed", [([], 0), (["trainer.seed=3"], 3),
+                                            (["trainer.seed=3", "rpg.seed=7"], 7),
+                                            (["rpg.seed=7"], 7)])
+def test_the_tables_seed_follows_the_run_seed_unless_given(compose_cfg, overrides, seed):
+    cfg = compose_cfg(overrides)
+    assert cfg.rpg.seed == seed and type(cfg.rpg.seed) is int
+    model, _, _ = build_model(cfg, INFO)
+    assert model.rpg_spec["seed"] == seed
 
 
 def test_trainer_gpu_is_a_hardware_profile_and_experiments_set_epochs(compose_cfg):
@@ -134,7 +145,7 @@ def test_unknown_group_option_lists_choices(compose_cfg):
     ("data.name=svhn", "data.name='svhn' is not valid; choose one of: fashion_mnist, mnist, "
                        "cifar10, cifar100, imagenet, synthetic"),
     ("rpg.scope=global", "rpg.scope='global' is not valid; choose one of: network, stage"),
-    ("rpg.sampling=hash", "rpg.sampling='hash' is not valid; choose one of: even, ring, iid"),
+    ("rpg.sampling=hash", "rpg.sampling='hash' is not valid; choose one of: even, ring, iid, plain"),
     ("optim.name=lamb", "optim.name='lamb' is not valid; choose one of: sgd, adamw"),
     ("sched.name=poly", "sched.name='poly' is not valid; choose one of: cosine, step, exp, "
                         "constant"),
@@ -199,6 +210,18 @@ def test_rpg_params_fraction_is_a_share_of_the_generated_weights(compose_cfg):
     validate(cfg)
     model, _, _ = build_model(cfg, INFO)
     assert model.rpg_spec["params"] == round(0.05 * 267264)  # ResNet-20 generates 267264
+
+
+def test_rpg_params_may_be_the_generated_count_and_not_the_fraction_one(compose_cfg):
+    """ResNet-20 at width 0.25 generates 16704 weights: a ring of 16704 is T/N = 1; 1.0 is
+    refused with the count to give instead (Hydra reads `rpg.params=1` as 1.0 too)."""
+    model, _, _ = build_model(compose_cfg(["model.width=0.25", "rpg.params=16704"]), INFO)
+    assert model.rpg_spec["params"] == 16704 == param_report(model)["generated"]
+    for given in ("1", "1.0"):
+        with pytest.raises(UserError) as info:
+            build_model(compose_cfg(["model.width=0.25", f"rpg.params={given}"]), INFO)
+        assert str(info.value) == ("rpg.params=1.0 is ambiguous (a fraction is in (0, 1)); "
+                                   "give the exact count 16704 for a ring as large as the layers")
 
 
 @pytest.mark.parametrize("override,message", [

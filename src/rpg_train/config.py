@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import II, OmegaConf
 
 from .errors import UserError
 
@@ -47,9 +47,14 @@ class RPGConfig:
     # total ring size: an integer (float, so 1e5 works on the command line) or a fraction
     # in (0, 1) of the weights the rings generate; apply_rpg checks it
     params: float = 25000
-    seed: int = 0  # seeds the index and sign tables
-    sampling: str = "even"  # rpg.SAMPLINGS: even | ring | iid
+    # seeds the index and sign tables; by default the run's seed, so a sweep over
+    # trainer.seed redraws the tables too (runs before this default used 0)
+    seed: int = II("trainer.seed")
+    sampling: str = "even"  # rpg.SAMPLINGS: even | ring | iid | plain
     sign: bool = True
+    # a frozen random theta0 (each layer's Kaiming init, from rpg.seed) added to the generated
+    # weights, the ring starting at 0: Li et al.'s random subspace; one float per weight
+    offset: bool = False
     share_stem: bool = False
     share_head: bool = False
     prune: RingPruneConfig = field(default_factory=RingPruneConfig)

@@ -140,7 +140,10 @@ class TrainerConfig:
     max_steps: int = 0  # stop after this many optimizer steps in total; 0 = no limit
     limit_batches: int = 0  # batches per epoch, train and val; 0 = all
     resume: Optional[str] = None  # auto (last.pt in the run directory) | PATH
-    progress: bool = True  # tqdm bar, when the output is a terminal
+    progress: bool = True  # tqdm bars (training and evaluation), when the output is a terminal
+    # without a bar (no terminal: SLURM, nohup; or progress=false): a line every this many
+    # seconds saying epoch, batch, loss, img/s and the time left; 0 = none
+    log_every_s: float = 60.0
     accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
     sync_bn: bool = False  # BatchNorm statistics over all processes (CUDA only)
     ema_decay: Optional[float] = None  # an EMA of the weights (timm's ModelEmaV3), also evaluated
@@ -158,13 +161,16 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
+    """W&B. A key set here wins; a key left at its default (null, auto, []) yields to W&B's
+    own environment variable, then to the default named (conf/logger/wandb.yaml)."""
     name: str = "none"  # log.LOGGERS: none | wandb
-    project: str = "rpg-train"
-    entity: Optional[str] = None
-    mode: str = "auto"  # auto (online with credentials, else offline) | online | offline | disabled
-    group: Optional[str] = None  # null: the multirun's sweep directory name
-    run_name: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
+    project: Optional[str] = None  # null: $WANDB_PROJECT, else rpg-train
+    entity: Optional[str] = None  # null: $WANDB_ENTITY, else your W&B default
+    # auto: $WANDB_MODE, else online with credentials, else offline | online | offline | disabled
+    mode: str = "auto"
+    group: Optional[str] = None  # null: $WANDB_RUN_GROUP, else the multirun's sweep directory
+    run_name: Optional[str] = None  # null: $WANDB_NAME, else <method>-<model>-<trainable>-s<seed>
+    tags: List[str] = field(default_factory=list)  # []: $WANDB_TAGS; method, model, data added
 
 
 @dataclass
@@ -234,7 +240,8 @@ def validate(cfg) -> None:
             raise UserError(key, _get(cfg, key), "must be at least 1")
     for key in ("trainer.max_steps", "trainer.limit_batches", "trainer.grad_clip",
                 "sched.warmup_epochs", "sched.min_lr", "optim.weight_decay", "data.num_workers",
-                "data.val_split", "trainer.checkpoint_every_min", "data.mixup", "data.cutmix"):
+                "data.val_split", "trainer.checkpoint_every_min", "data.mixup", "data.cutmix",
+                "trainer.log_every_s"):
         if _get(cfg, key) < 0:
             raise UserError(key, _get(cfg, key), "must not be negative")
     for key in ("optim.lr", "sched.decay_epochs", "trainer.dist_timeout_s"):

@@ -63,8 +63,8 @@ DEFAULT_RUN = {
                     limit_batches=0, resume=None, progress=True, accumulate=1, sync_bn=False, ema_decay=None,
                     checkpoint_every_min=30.0,
                     dist_timeout_s=600.0, nan_policy="stop", max_loss=None,
-                    nan_check_every=50),
-    "logger": dict(name="none", project="rpg-train", entity=None, mode="auto", group=None,
+                    nan_check_every=50, log_every_s=60.0),
+    "logger": dict(name="none", project=None, entity=None, mode="auto", group=None,
                    run_name=None, tags=[]),
     # the equal-DoF baselines, off by default
     "match": dict(width=None, model=None),

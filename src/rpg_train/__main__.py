@@ -30,7 +30,7 @@ def main(cfg: DictConfig) -> float | None:
     multirun = hc.mode == RunMode.MULTIRUN
     with open_dict(cfg):
         cfg.out_dir = hc.runtime.output_dir
-        if multirun and cfg.logger.group is None:
+        if multirun and cfg.logger.group is None and not os.environ.get("WANDB_RUN_GROUP"):
             cfg.logger.group = str(hc.sweep.dir)  # one W&B group per sweep
     if multirun:
         sweep.clear(cfg.out_dir)
@@ -75,6 +75,11 @@ def register_launchers() -> None:
 def cli() -> None:
     """The command line. A process of rank > 0 under torchrun composes the same config but
     lets Hydra write nothing: it trains in rank 0's run directory (see engine.train)."""
+    if "--version" in sys.argv[1:]:  # the package's version, not Hydra's
+        from . import __version__
+
+        print(f"rpg-train {__version__}")
+        sys.exit(0)
     if int(os.environ.get("RANK", "0")) > 0:
         sys.argv += QUIET + ["hydra.run.dir=."]
     launcher = next((a.split("=", 1)[1] for a in sys.argv[1:]

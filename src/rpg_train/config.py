@@ -163,7 +163,10 @@ class TrainerConfig:
     max_steps: int = within(0, "[0, inf)")
     limit_batches: int = within(0, "[0, inf)")  # batches per epoch, train and val; 0 = all
     resume: Optional[str] = None  # auto (last.pt in the run directory) | PATH
-    progress: bool = True  # tqdm bar, when the output is a terminal
+    progress: bool = True  # tqdm bars (training and evaluation), when the output is a terminal
+    # without a bar (no terminal: SLURM, nohup; or progress=false): a line every this many
+    # seconds saying epoch, batch, loss, img/s and the time left; 0 = none
+    log_every_s: float = within(60.0, "[0, inf)")
     accumulate: int = within(1, "[1, inf)")  # micro-batches per optimizer step
     sync_bn: bool = False  # BatchNorm statistics over all processes (CUDA only)
     # an EMA of the weights (timm's ModelEmaV3), also evaluated
@@ -182,13 +185,16 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
+    """W&B. A key set here wins; a key left at its default (null, auto, []) yields to W&B's
+    own environment variable, then to the default named (conf/logger/wandb.yaml)."""
     name: str = "none"  # log.LOGGERS: none | wandb
-    project: str = "rpg-train"
-    entity: Optional[str] = None
-    mode: str = "auto"  # auto (online with credentials, else offline) | online | offline | disabled
-    group: Optional[str] = None  # null: the multirun's sweep directory name
-    run_name: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
+    project: Optional[str] = None  # null: $WANDB_PROJECT, else rpg-train
+    entity: Optional[str] = None  # null: $WANDB_ENTITY, else your W&B default
+    # auto: $WANDB_MODE, else online with credentials, else offline | online | offline | disabled
+    mode: str = "auto"
+    group: Optional[str] = None  # null: $WANDB_RUN_GROUP, else the multirun's sweep directory
+    run_name: Optional[str] = None  # null: $WANDB_NAME, else <method>-<model>-<trainable>-s<seed>
+    tags: List[str] = field(default_factory=list)  # []: $WANDB_TAGS; method, model, data added
 
 
 @dataclass

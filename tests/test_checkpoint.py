@@ -60,7 +60,8 @@ def test_a_flipped_byte_inside_a_tensor_is_refused_and_resume_falls_back(run_dir
     last = run_dir / "last.pt"
     name = _flip_a_tensor_byte(last)
     # torch alone loads it, one weight changed
-    assert not torch.equal(torch.load(last, weights_only=True)["model"]["w"], _state(2)["model"]["w"])
+    loaded = torch.load(last, weights_only=True)["model"]["w"]
+    assert not torch.equal(loaded, _state(2)["model"]["w"])
     reason = (f"is damaged: its entry {name} does not match the checksum stored with it (a bit "
               "flipped on disk or in a copy)")
     with pytest.raises(UserError) as err:

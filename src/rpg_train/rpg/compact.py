@@ -153,9 +153,10 @@ def read_header(path, meta: dict) -> dict:
     if r is not None:
         if not isinstance(r, dict) or not isinstance(r.get("scope"), str) or "params" not in r:
             raise bad("'rpg' is neither null nor an object with 'scope' and 'params'")
-        if "seed" in r and not (_int(r["seed"], 0) and r["seed"] < 2**63):
-            raise bad(f"rpg seed={r['seed']!r} is not an integer in [0, 2**63)")
-        odd = [k for k in ("sign", "share_stem", "share_head") if not isinstance(r.get(k, False), bool)]
+        if "seed" in r and not _int(r["seed"], -2**63):  # its range: torch's, in _build
+            raise bad(f"rpg seed={r['seed']!r} is not an integer")
+        odd = [k for k in ("sign", "share_stem", "share_head")
+               if not isinstance(r.get(k, False), bool)]
         if odd:
             raise bad(f"rpg {odd[0]}={r[odd[0]]!r} is not true or false")
     fingerprint = meta.get("fingerprint")
@@ -183,8 +184,9 @@ def _build(path, head: dict, builder, device: str | None = None) -> nn.Module:
             if head["rpg"] is not None:
                 apply_rpg(model, **head["rpg"])
     except (TypeError, ValueError, RuntimeError, OverflowError) as err:  # UserError included
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError("path", str(path), f"has a recipe this version cannot rebuild "
-                        f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+                        f"({why})") from None
     return model
 
 

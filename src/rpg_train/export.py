@@ -169,7 +169,7 @@ def export(ckpt_path, fmt: str, out, bits: int | None = None, block: int | None 
 
 # what a run writes into its directory: an export must not replace them
 RUN_FILES = ("last.pt", "last.prev.pt", "best.pt", "results.json", "config.yaml",
-             "metrics.jsonl")
+             "metrics.jsonl", "train.log")
 
 
 def check_out(out, ckpt_path, fmt: str) -> Path:

@@ -395,3 +395,50 @@ def test_only_rank_0_downloads_and_the_others_wait(tmp_path):
     log = tmp_path / "log"
     mp.spawn(_download_order, args=(2, str(log), port), nprocs=2)
     assert log.read_text().splitlines() == ["0 True", "1 False"]
+
+
+def _rewrite(path, **changes):
+    """A CIFAR pickle as written by data_fixtures, with keys replaced (None: removed)."""
+    import pickle
+
+    with open(path, "rb") as f:
+        d = pickle.load(f)
+    for k, v in changes.items():
+        d.pop(k.encode(), None)
+        if v is not None:
+            d[k.encode()] = v
+    with open(path, "wb") as f:
+        pickle.dump(d, f)
+
+
+@pytest.mark.parametrize("changes, problem", [
+    (dict(labels=[1, 2]), "3 images but 2 labels"),
+    (dict(labels=None), r"a CIFAR file has keys 'data' and 'labels'; this one has "
+                        r"\['batch_label', 'data', 'filenames'\]"),
+    (dict(data=np.zeros((3, 3072))), r"'data' is float64 \(3, 3072\); CIFAR's is uint8 of "
+                                     r"shape \(N, 3072\)"),
+    (dict(data=np.zeros((3, 1024), np.uint8)), r"'data' is uint8 \(3, 1024\); CIFAR's is .*"),
+    (dict(data=[[0] * 3072] * 3), r"'data' is list; CIFAR's is uint8 of shape \(N, 3072\)"),
+    (dict(labels=[0.5, 1, 2]), "'labels' is not a list of integer labels"),
+    (dict(labels=[0, 1, 10]), r"labels 0..10 are outside 0..9"),
+])
+def test_a_malformed_cifar_pickle_is_one_line_naming_the_file(tmp_path, changes, problem):
+    fx.write_cifar10(tmp_path, 3)
+    _rewrite(tmp_path / "cifar-10-batches-py" / "data_batch_3", **changes)
+    with pytest.raises(UserError, match=r"^data.root='.*cifar-10-batches-py' holds a bad file "
+                                        rf"data_batch_3 \({problem}\)$"):
+        build_loaders(make_cfg("cifar10", tmp_path), "cpu", seed=0)
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"cnumpy\nndarray\n)R.", "ndarray() missing required argument 'shape' (pos 1)"),
+    (b"\x80\x02K", "pickle data was truncated"),
+    (b"N.", "NoneType"),
+])
+def test_a_file_that_is_no_cifar_pickle_is_one_line(tmp_path, content, problem):
+    fx.write_cifar100(tmp_path, 4)
+    (tmp_path / "cifar-100-python" / "test").write_bytes(content)
+    with pytest.raises(UserError) as err:
+        build_loaders(make_cfg("cifar100", tmp_path), "cpu", seed=0)
+    assert str(err.value) == (f"data.root='{tmp_path / 'cifar-100-python'}' holds a bad file "
+                              f"test (not a CIFAR pickle: {problem})")

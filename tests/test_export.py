@@ -2,6 +2,8 @@
 dense file loads into the plain backbone (torchvision's own ResNet) with strict=True; bad
 input is one line, exit 2, no file."""
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +13,7 @@ import torchvision
 from safetensors.torch import load_file
 
 from rpg_train.engine import train
+from rpg_train.errors import UserError
 from rpg_train.export import example_batch, export, load_trained
 from rpg_train.models import create_model
 from rpg_train.rpg import load_compact
@@ -25,11 +28,21 @@ def trained(tmp_path_factory):
     return out / "last.pt"
 
 
+@pytest.fixture
+def umask():
+    """umask(mask): set the process's umask for this test."""
+    before = os.umask(0o022)
+    yield os.umask
+    os.umask(before)
+
+
 @pytest.mark.parametrize("fmt", ["compact", "dense", "torchscript", "onnx"])
-def test_every_format_matches_the_trained_model(trained, tmp_path, fmt):
+def test_every_format_matches_the_trained_model(trained, tmp_path, fmt, umask):
     out = tmp_path / f"model.{fmt}"
+    umask(0o027)
     r = export(trained, fmt, out)
     assert out.is_file() and r["bytes"] == out.stat().st_size and r["max_abs_err"] <= 1e-5
+    assert out.stat().st_mode & 0o777 == 0o640  # as any file the user writes, not 0600
     model, spec = load_trained(trained)
     x = example_batch(spec)
     with torch.no_grad():
@@ -125,3 +138,121 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, tmp_path, args, messa
     assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "m.out").exists()
+
+
+def test_exported_files_are_readable_like_any_other_file(trained, tmp_path, umask):
+    export(trained, "dense", tmp_path / "m.st")
+    for path in (tmp_path / "m.st", tmp_path / "m.st.json"):
+        assert path.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+    """A copy of the trained run's directory, with a best.pt beside last.pt."""
+    run = tmp_path / "run"
+    shutil.copytree(trained.parent, run)
+    shutil.copy(run / "last.pt", run / "best.pt")
+    return run
+
+
+@pytest.mark.parametrize("out, fmt, reason", [
+    ("{run}/last.pt", "compact", "is the checkpoint being exported; write the export to "
+                                 "another file"),
+    ("{run}/../run/./last.pt", "onnx", "is the checkpoint being exported"),
+    ("{run}/best.pt", "compact", "would replace best.pt, a file of the run (or a checkpoint); "
+                                 "write the export to another file"),
+    ("{run}/last.prev.pt", "torchscript", "would replace last.prev.pt, a file of the run"),
+    ("{run}/results", "dense", "would replace results.json, a file of the run"),
+    ("{tmp}/copy.pt", "compact", "would replace copy.pt, a file of the run (or a checkpoint)"),
+    ("{run}", "compact", "is a folder; give the file to write in it"),
+    ("", "compact", "is empty; give the file to write"),
+    (" ", "dense", "is empty; give the file to write"),
+])
+def test_an_export_never_replaces_a_checkpoint_or_a_run_file(run, tmp_path, out, fmt, reason):
+    shutil.copy(run / "last.pt", tmp_path / "copy.pt")  # another checkpoint, elsewhere
+    (run / "results.json").write_text("{}")
+    before = {p: p.read_bytes() for p in [*run.iterdir(), tmp_path / "copy.pt"]}
+    out = out.format(run=run, tmp=tmp_path)
+    with pytest.raises(UserError) as err:
+        export(run / "last.pt", fmt, out)
+    assert str(err.value) == f"out={out!r} {reason}" or str(err.value).startswith(
+        f"out={out!r} {reason}")
+    assert {p: p.read_bytes() for p in [*run.iterdir(), tmp_path / "copy.pt"]} == before
+
+
+def test_an_unwritable_place_is_one_line(trained):
+    with pytest.raises(UserError, match=r"^out='/proc/m.st' (is in a folder this user cannot "
+                                        r"write to|cannot be written \(.*\))$"):
+        export(trained, "compact", "/proc/m.st")
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused(trained, tmp_path):
+    state = torch.load(trained, weights_only=True)
+    key = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][key].view(-1)[0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(UserError) as err:
+        export(tmp_path / "nan.pt", "compact", tmp_path / "m.st")
+    assert str(err.value) == (f"ckpt='{tmp_path / 'nan.pt'}' holds non-finite weights ({key}): "
+                              "the run diverged; export an earlier checkpoint")
+    assert not (tmp_path / "m.st").exists()
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory):
+    """A dense run (rpg=none) and the pruning baseline started from it: their last.pt."""
+    from conftest import _compose, QUICK
+
+    out = tmp_path_factory.mktemp("baseline")
+    train(_compose([*QUICK, "rpg=none", "model.name=resnet20"], out_dir=out / "dense"))
+    train(_compose([*QUICK, "rpg=none", "model.name=resnet20", "prune.params=3000",
+                    f"prune.init={out / 'dense' / 'last.pt'}"], out_dir=out / "pruned"))
+    return out / "dense" / "last.pt", out / "pruned" / "last.pt"
+
+
+def test_bits_on_a_checkpoint_without_rings_is_refused(pruned, tmp_path):
+    for ckpt in pruned:
+        with pytest.raises(UserError, match=r"^bits=8 quantizes RPG rings, and this checkpoint "
+                                            r"has none \(rpg=none\); export it without bits$"):
+            export(ckpt, "compact", tmp_path / "q.st", bits=8)
+    assert not (tmp_path / "q.st").exists()
+
+
+def test_the_pruning_baseline_exports_as_compact_and_dense(pruned, tmp_path):
+    from rpg_train.engine.prune import pruned_layers
+
+    ckpt = pruned[1]
+    model, spec = load_trained(ckpt)
+    x = example_batch(spec)
+    with torch.no_grad():
+        want = model(x)
+    assert export(ckpt, "compact", tmp_path / "p.st")["max_abs_err"] <= 1e-5
+    assert export(ckpt, "dense", tmp_path / "p.dense")["max_abs_err"] <= 1e-5
+    plain = create_model(**spec).eval()
+    plain.load_state_dict(load_file(tmp_path / "p.dense"), strict=True)
+    layers = {id(m) for m in pruned_layers(model)}
+    kept = sum(int(torch.count_nonzero(m.weight)) for n, m in plain.named_modules()
+               if id(dict(model.named_modules())[n]) in layers)
+    assert kept == 3000
+    with torch.no_grad():
+        assert torch.allclose(plain(x), want, atol=1e-5)
+        assert torch.allclose(load_compact(tmp_path / "p.st").eval()(x), want, atol=1e-5)
+
+
+def test_evaluate_scores_the_whole_test_set_whatever_the_run_limited(quick_cfg, tmp_path,
+                                                                     capsys):
+    from rpg_train.data import build_data
+    from rpg_train.evaluate import checkpoint_config, evaluate_checkpoint, main
+    from rpg_train.engine import checkpoint
+
+    train(quick_cfg("trainer.limit_batches=1", "data.eval_batch_size=8"))  # as debug=fast
+    path = tmp_path / "run" / "last.pt"
+    model, _ = load_trained(path)
+    data = build_data(checkpoint_config(checkpoint.load(path)).data, "cpu", 0, with_train=False)
+    with torch.no_grad():
+        hits = sum(int((model(x).argmax(1) == y).sum()) for x, y in data.val)
+    ev = evaluate_checkpoint(path)
+    assert ev["samples"] == 32 and ev["top1"] == 100 * hits / 32  # QUICK: 32 test images
+    assert evaluate_checkpoint(path, ["trainer.limit_batches=2"])["samples"] == 16
+    assert main([f"ckpt={path}"]) == 0
+    assert json.loads(capsys.readouterr().out)["samples"] == 32

@@ -156,3 +156,92 @@ def test_scope_none_returns_the_model_untouched():
     model = _r20()
     before = param_report(model)
     assert apply_rpg(model, "none", 123) is model and param_report(model) == before
+
+
+def _rewritten(tmp_path, source, meta=None, drop=(), tensors=None):
+    """`source` written again with header fields replaced (meta), removed (drop) or tensors
+    replaced: what an edited or damaged file holds."""
+    with safe_open(str(source), "pt") as f:
+        head = {**f.metadata(), **(meta or {})}
+    out = tmp_path / "edited.safetensors"
+    save_file(tensors or load_file(str(source)), str(out),
+              metadata={k: v for k, v in head.items() if k not in drop})
+    return out
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A plain, an int8-quantized and a pruned compact file of the same model."""
+    from rpg_train.rpg import prune_ring, quantize_ring
+
+    tmp_path, out = tmp_path_factory.mktemp("compact"), {}
+    for kind in ("plain", "quant", "sparse"):
+        model = _trained()
+        if kind == "quant":
+            quantize_ring(model, bits=8)
+        if kind == "sparse":
+            prune_ring(model, 0.5)
+        out[kind] = tmp_path / f"{kind}.safetensors"
+        save_compact(model, out[kind])
+    return out
+
+
+def _first_entry(path, field):
+    """The first tensor named in the header's quant or sparse field, and its entry count."""
+    with safe_open(str(path), "pt") as f:
+        return next(iter(json.loads(f.metadata()[field]).items()))
+
+
+@pytest.mark.parametrize("kind, edit, reason", [
+    ("plain", dict(drop=["model"]), "has a damaged header: it lacks 'model'"),
+    ("plain", dict(meta={"model": "{not json"}), "has a damaged header: 'model' is not JSON"),
+    ("plain", dict(meta={"model": '{"name": "resnet20", "num_classes": "ten"}'}),
+     "has a damaged header: model num_classes='ten' is not a positive integer"),
+    ("plain", dict(meta={"model": '{"name": "resnet20", "num_classes": 1000000000000}'}),
+     "does not match its header: fc.weight is torch.float32 (10, 64), the header's model "
+     "needs torch.float32 (1000000000000, 64)"),
+    ("plain", dict(meta={"rpg": "[1, 2]"}),
+     "has a damaged header: 'rpg' is neither null nor an object with 'scope' and 'params'"),
+    ("plain", dict(meta={"rpg": '{"scope": "block", "params": 5000, "sampling": "hash"}'}),
+     "has a recipe this version cannot rebuild (sampling='hash' is not valid; choose one of"),
+    ("plain", dict(meta={"rpg": '{"scope": "block", "params": 5000, "colour": 1}'}),
+     "has a recipe this version cannot rebuild (apply_rpg() got an unexpected keyword "
+     "argument 'colour')"),
+    ("plain", dict(meta={"rpg": '{"scope": "block", "params": 5000, "sign": "no"}'}),
+     "has a damaged header: rpg sign='no' is not true or false"),
+    ("plain", dict(drop=["fingerprint"]), "has a damaged header: fingerprint=None is not a "
+                                          "sha256 hex digest"),
+    ("quant", dict(meta={"quant": "[]"}), "has a damaged header: 'quant' is not an object"),
+    ("quant", dict(meta={"quant": '{"KEY": {"bits": 3, "block": 1, "n": 5000}}'}),
+     "has a damaged header: quant KEY: bits=3, block=1 (bits must be 4 or 8"),
+    ("quant", dict(meta={"quant": '{"KEY": {"bits": 8, "block": 5000, "n": 1000000000000}}'}),
+     "does not match its header: quant KEY has n=1000000000000, the model's has N entries"),
+    ("sparse", dict(meta={"sparse": '{"KEY": {"n": 1000000000000}}'}),
+     "does not match its header: sparse KEY has n=1000000000000, the model's has N entries"),
+])
+def test_a_tampered_header_is_one_line_before_any_allocation(files, tmp_path, kind, edit,
+                                                             reason):
+    source = files[kind]
+    if kind != "plain":
+        key, entry = _first_entry(source, kind)
+        edit = {k: {f: v.replace("KEY", key) for f, v in d.items()} if k == "meta" else d
+                for k, d in edit.items()}
+        reason = reason.replace("KEY", key).replace("N entries", f"{entry['n']} entries")
+    edited = _rewritten(tmp_path, source, **edit)
+    with pytest.raises(UserError) as err:
+        load_compact(edited)
+    assert str(err.value).startswith(f"path='{edited}' {reason}"), str(err.value)
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_tensors_that_do_not_match_the_header_are_one_line(files, tmp_path):
+    tensors = load_file(str(files["plain"]))
+    extra = _rewritten(tmp_path, files["plain"], tensors={**tensors, "x": torch.zeros(2)})
+    with pytest.raises(UserError, match=r"does not match its header: it holds x, which the "
+                                        r"model has not$"):
+        load_compact(extra)
+    del tensors["fc.bias"]
+    missing = _rewritten(tmp_path, files["plain"], tensors=tensors)
+    with pytest.raises(UserError, match=r"does not match its header: it lacks the tensor "
+                                        r"fc.bias$"):
+        load_compact(missing)

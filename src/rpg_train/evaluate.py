@@ -1,7 +1,8 @@
 """Evaluate a checkpoint: `python -m rpg_train.evaluate ckpt=PATH [data.root=... ...]`.
 
 Rebuilds the model and the validation data from the config stored in the checkpoint (any
-`key=value` after ckpt overrides it), prints top-1/top-5 and the parameter report as JSON.
+`key=value` after ckpt overrides it), prints top-1/top-5 over the whole test set, the number
+of samples and the parameter report as JSON.
 The checkpoint is read with weights_only: a file that carries code is refused, not run.
 """
 from __future__ import annotations
@@ -48,10 +49,16 @@ def evaluate_checkpoint(path, overrides=()) -> dict:
     device = resolve_device(cfg.trainer.device)
     built = build(cfg, device, ckpt=ckpt, with_train=False)
     autocast = partial(autocast_for, amp_dtype(cfg.trainer.amp, device), device)
-    metrics = evaluate_loader(built.model, built.val_loader, autocast,
-                              cfg.trainer.limit_batches, cfg.trainer.channels_last)
+    # the whole test set: the run's trainer.limit_batches (debug=fast: 2) shortened its own
+    # evaluations only; a limit given here is used
+    given = any(o.partition("=")[0].lstrip("+") == "trainer.limit_batches" for o in overrides)
+    limit = cfg.trainer.limit_batches if given else 0
+    loader = built.val_loader
+    metrics = evaluate_loader(built.model, loader, autocast, limit, cfg.trainer.channels_last)
+    samples = min(loader.num_samples, limit * loader.batch_size) if limit else loader.num_samples
     return dict(top1=metrics["val_top1"], top5=metrics["val_top5"], loss=metrics["val_loss"],
-                epoch=ckpt.state["epoch"], param_report=built.report, checkpoint=str(path))
+                samples=samples, epoch=ckpt.state["epoch"], param_report=built.report,
+                checkpoint=str(path))
 
 
 def main(argv=None) -> int:

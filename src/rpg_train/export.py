@@ -22,21 +22,25 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import secrets
 import sys
-import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.nn.utils import prune
 
 from .config import validate
 from .engine import checkpoint
 from .engine.build import build_model, identity
+from .engine.prune import pruned_layers
 from .errors import UserError
 from .evaluate import checkpoint_config
 from .models import create_model
-from .rpg import load_compact, materialize, quantize_ring, save_compact, set_ring_masks
+from .rpg import (load_compact, materialize, quantize_ring, rings_of, save_compact,
+                  set_ring_masks)
 from .rpg.quant import BITS
 
 FORMATS = ("compact", "dense", "torchscript", "onnx")
@@ -53,6 +57,11 @@ def load_trained(path) -> tuple[nn.Module, dict]:
     model, spec, prune_info = build_model(cfg, info, ckpt)
     checkpoint.check_identity(ckpt, identity(model, spec, prune_info, cfg.data.val_split))
     model.load_state_dict(ckpt.state["model"])
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point()
+           and not torch.isfinite(v).all()]
+    if bad:
+        raise ckpt.error(f"holds non-finite weights ({bad[0]}{' and others' if bad[1:] else ''}"
+                         "): the run diverged; export an earlier checkpoint")
     if ckpt.state.get("ring_prune"):  # rpg.prune: the compact file stores the kept entries
         set_ring_masks(model, ckpt.state["ring_prune"]["masks"])
     return model.eval(), spec
@@ -123,10 +132,13 @@ def export(ckpt_path, fmt: str, out, bits: int | None = None, block: int | None 
         raise UserError("block", block, "needs bits=4|8 and must be at least 1")
     if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
         raise UserError("format", fmt, "needs the onnx package: pip install 'rpg-train[export]'")
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise UserError("out", str(out), "is in a folder that does not exist")
+    out = check_out(out, ckpt_path, fmt)
     model, spec = load_trained(ckpt_path)
+    for module in pruned_layers(model):  # the pruning baseline: plain weights, zeros kept
+        prune.remove(module, "weight")
+    if bits is not None and not rings_of(model):
+        raise UserError("bits", bits, "quantizes RPG rings, and this checkpoint has none "
+                        "(rpg=none); export it without bits")
     x = example_batch(spec)
     with torch.no_grad():
         want = model(x)
@@ -137,18 +149,65 @@ def export(ckpt_path, fmt: str, out, bits: int | None = None, block: int | None 
             trained, want = want, model(x)
         quantized = dict(bits=bits, block=block,
                          quantization_err=(want - trained).abs().max().item())
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
     try:
-        report = _write(fmt, model, spec, x, want, Path(tmp))
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        report = _write(fmt, model, spec, x, want, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as any file is (0644 usually): writers may use 0600
         os.replace(tmp, out)
+        if fmt == "dense":
+            Path(f"{out}.json").write_text(json.dumps(dict(model=spec), indent=2) + "\n")
+    except OSError as err:  # a read-only folder, a full disk
+        raise UserError("out", str(out), f"cannot be written ({err.strerror or err})") from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    if fmt == "dense":
-        Path(f"{out}.json").write_text(json.dumps(dict(model=spec), indent=2) + "\n")
+        tmp.unlink(missing_ok=True)
     return dict(format=fmt, out=str(out), bytes=out.stat().st_size,
                 checkpoint_bytes=Path(ckpt_path).stat().st_size, **report, **quantized)
+
+
+# what a run writes into its directory: an export must not replace them
+RUN_FILES = ("last.pt", "last.prev.pt", "best.pt", "results.json", "config.yaml",
+             "metrics.jsonl", "train.log")
+
+
+def check_out(out, ckpt_path, fmt: str) -> Path:
+    """`out` as a path an export may write: a file name in a folder this user can write to,
+    that is neither the checkpoint nor any other checkpoint, nor a file of the run."""
+    def bad(reason: str) -> UserError:
+        return UserError("out", str(out), reason)  # the value as given
+
+    if not str(out).strip():
+        raise bad("is empty; give the file to write")
+    path = Path(out)
+    if path.is_dir():
+        raise bad("is a folder; give the file to write in it")
+    if not path.parent.is_dir():
+        raise bad("is in a folder that does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise bad("is in a folder this user cannot write to")
+    run_dir = Path(ckpt_path).resolve().parent
+    for p in (path, Path(f"{path}.json")) if fmt == "dense" else (path,):
+        if not p.exists() and p.name not in RUN_FILES:
+            continue
+        if p.exists() and os.path.samefile(p, ckpt_path):
+            raise bad("is the checkpoint being exported; write the export to another file")
+        if _is_checkpoint(p) or (p.name in RUN_FILES and p.resolve().parent == run_dir):
+            raise bad(f"would replace {p.name}, a file of the run (or a checkpoint); write the "
+                      "export to another file")
+    return path
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """Whether `path` is a torch.save file (a zip holding data.pkl; a TorchScript archive
+    holds constants.pkl too, and may be replaced)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = {name.rpartition("/")[2] for name in z.namelist()}
+        return "data.pkl" in names and "constants.pkl" not in names
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 USAGE = ("usage: python -m rpg_train.export ckpt=PATH format=compact|dense|torchscript|onnx "

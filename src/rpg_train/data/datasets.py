@@ -157,12 +157,39 @@ def _unpickle(path: str) -> dict:
     with open(path, "rb") as f:
         try:
             d = _CifarUnpickler(f, encoding="bytes").load()
-        except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - any bytes that are no pickle: the same one line
             raise _bad_file(path, f"{os.path.basename(path)} (not a CIFAR pickle: {e})") from None
     if not isinstance(d, dict):
         raise _bad_file(path, f"{os.path.basename(path)} (not a CIFAR pickle: {type(d).__name__})")
     # the official files are py2 pickles (bytes keys); accept str keys as well
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
+
+
+def read_cifar_batch(path: str, label_key: str, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR pickle as (uint8 N3HW images, int64 labels), checked: images and labels
+    of one file pair up by position, so counts that differ would shift every label."""
+    b = _unpickle(path)
+
+    def bad(problem: str) -> UserError:
+        return _bad_file(path, f"{os.path.basename(path)} ({problem})")
+    if "data" not in b or label_key not in b:
+        raise bad(f"a CIFAR file has keys 'data' and '{label_key}'; this one has "
+                  f"{sorted(map(str, b))}")
+    x, y = b["data"], b[label_key]
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
+        what = (f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__)
+        raise bad(f"'data' is {what}; CIFAR's is uint8 of shape (N, 3072)")
+    try:
+        y = np.asarray(y)
+    except Exception:  # noqa: BLE001 - ragged nesting: reported below as not integers
+        y = np.asarray(None)
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise bad(f"'{label_key}' is not a list of integer labels")
+    if len(y) != len(x):
+        raise bad(f"{len(x)} images but {len(y)} labels")
+    if len(y) and not (0 <= y.min() and y.max() < classes):
+        raise bad(f"labels {y.min()}..{y.max()} are outside 0..{classes - 1}")
+    return x.reshape(-1, 3, 32, 32), y.astype(np.int64)
 
 
 def _cifar_folder(name: str, root: str) -> str | None:
@@ -197,13 +224,9 @@ def load_cifar(name: str, root, download: bool) -> dict:
     for split, files in (("train", train_files), ("test", test_files)):
         xs, ys = [], []
         for f in files:
-            p = os.path.join(d, f)
-            b = _unpickle(p)
-            if "data" not in b or label_key not in b:
-                raise _bad_file(p, f"{f}: CIFAR file lacks keys 'data'/'{label_key}' "
-                                   f"(has {sorted(b)})")
-            xs.append(np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(b[label_key], dtype=np.int64))
+            x, y = read_cifar_batch(os.path.join(d, f), label_key, 10 if name == "cifar10" else 100)
+            xs.append(x)
+            ys.append(y)
         out[split] = (torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)))
     return out
 

@@ -6,10 +6,12 @@ elsewhere cannot do anything but fail to load.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pickle
 import random
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,18 +66,52 @@ def previous(path: Path) -> Path:
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
-def save(path: Path, state: dict, keep_previous: bool = False) -> None:
+def save(path: Path, state: dict, keep_previous: bool = False, key: str = "out_dir") -> None:
     """Write to a temporary file, then rename: a crash mid-write never leaves a torn file.
     With keep_previous the file it replaces becomes `previous(path)`, a fallback for a file
-    that is damaged later (a full disk, a bad copy between machines)."""
+    that is damaged later (a full disk, a bad copy between machines). A write that fails (a
+    full disk) removes the temporary file and is one line naming `key` and the folder."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-    if keep_previous and path.exists():
-        os.replace(path, previous(path))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            sink = _Sink(f)
+            try:
+                torch.save(state, sink)
+            except RuntimeError as err:  # torch reports the file's OSError as its own error
+                raise sink.error or err
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        if keep_previous and path.exists():
+            os.replace(path, previous(path))
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise UserError(key, str(path.parent), f"{'is full' if full else 'cannot be written'}: "
+                        f"saving {path.name} failed ({err.strerror or err}); the checkpoints "
+                        "already there are unchanged. Free space (or fix the folder), then "
+                        "continue with trainer.resume=auto") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class _Sink:
+    """The file torch.save writes to, keeping the error of a failed write (torch replaces
+    it by an 'unexpected pos' RuntimeError)."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def load_latest(path: Path, key: str = "trainer.resume") -> Checkpoint | None:
@@ -100,10 +136,14 @@ def load_latest(path: Path, key: str = "trainer.resume") -> Checkpoint | None:
 
 
 def load(path, key: str = "trainer.resume") -> Checkpoint:
-    """Read a checkpoint without running any code it may carry; refuse anything else."""
+    """Read a checkpoint without running any code it may carry; refuse anything else,
+    including a file whose bytes do not match the checksums stored in it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(key, str(path), "does not exist")
+    if path.stat().st_size == 0:
+        raise UserError(key, str(path), "is not a checkpoint (the file is empty)")
+    _verify(path, key)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # it asks for objects other than tensors and containers
@@ -111,11 +151,32 @@ def load(path, key: str = "trainer.resume") -> Checkpoint:
                         f"other than tensors and plain containers{_globals(path)}; refused "
                         "without running them") from None
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one line
-        raise UserError(key, str(path), f"is not a checkpoint ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0][:120]})") from None
+        raise UserError(key, str(path), f"is not a checkpoint ({_why(err)})") from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
         raise UserError(key, str(path), "is not an rpg_train checkpoint (missing keys)")
     return Checkpoint(path, key, state)
+
+
+def _verify(path: Path, key: str) -> None:
+    """torch's zip format stores a CRC-32 of every entry but torch.load does not check them:
+    a flipped bit inside a tensor would load silently. Files of torch's older format (not a
+    zip) and torn ones are left to torch.load, which says what they are."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except Exception as err:  # noqa: BLE001 - a damaged directory: the same one line
+        raise UserError(key, str(path), f"is not a checkpoint ({_why(err)})") from None
+    if bad is not None:
+        raise UserError(key, str(path), f"is damaged: its entry {bad} does not match the "
+                        "checksum stored with it (a bit flipped on disk or in a copy)")
+
+
+def _why(err: Exception) -> str:
+    """`Type: first line` of an error, whose message may be empty."""
+    lines = str(err).splitlines()
+    return f"{type(err).__name__}: {lines[0][:120]}" if lines else type(err).__name__
 
 
 def _globals(path: Path) -> str:

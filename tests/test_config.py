@@ -320,3 +320,17 @@ def test_smallest_input_searches_only_when_the_size_fails():
     assert smallest_input(spec, 1) is None  # global pooling takes any size
     assert smallest_input(dict(spec, name="timm:convnext_atto"), 28) == 32
     assert smallest_input(dict(spec, name="timm:convnext_atto"), 5) == 32
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_the_keys_checked_where_they_are_used_refuse_nan_and_inf(compose_cfg, value):
+    """rpg.params and prune.params are left to ring_size (numeric_keys' checked_by)."""
+    from rpg_train.engine.prune import prune_to
+
+    cfg = compose_cfg([f"rpg.params={value}"])
+    validate(cfg)
+    reason = r"is neither an integer nor a fraction in \(0, 1\)$"
+    with pytest.raises(UserError, match=rf"^rpg.params={value} {reason}"):
+        build_model(cfg, INFO)
+    with pytest.raises(UserError, match=rf"^prune.params={value} {reason}"):
+        prune_to(create_model("resnet20", 10, 1, True), float(value))

@@ -8,7 +8,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from rpg_train.config import Config, ConfigError, choices, numeric_keys, validate
+from rpg_train.config import (Config, ConfigError, check_interval, choices, numeric_keys, validate,
+                               within)
 from rpg_train.data import DATASETS
 from rpg_train.engine.amp import AMP, amp_dtype
 from rpg_train.engine.build import build_model
@@ -334,3 +335,16 @@ def test_the_keys_checked_where_they_are_used_refuse_nan_and_inf(compose_cfg, va
         build_model(cfg, INFO)
     with pytest.raises(UserError, match=rf"^prune.params={value} {reason}"):
         prune_to(create_model("resnet20", 10, 1, True), float(value))
+
+
+@pytest.mark.parametrize("interval,words", [
+    ("(0, inf)", "must be positive"), ("[0, inf)", "must not be negative"),
+    ("[2, inf)", "must be at least 2"), ("(1, inf)", "must be above 1"),
+    ("[0, 1)", "must be in [0, 1)"),
+])
+def test_an_interval_reads_as_words(interval, words):
+    meta = within(None, interval, null="no bound").metadata
+    with pytest.raises(UserError) as info:
+        check_interval("trainer.k", -5.0, meta, nullable=True)
+    assert str(info.value) == f"trainer.k=-5.0 {words} (or null: no bound)"
+    check_interval("trainer.k", None, meta, nullable=True)

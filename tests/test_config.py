@@ -8,7 +8,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from rpg_train.config import Config, ConfigError, choices, numeric_keys, validate
+from rpg_train.config import (Config, ConfigError, check_interval, choices, numeric_keys, validate,
+                               within)
 from rpg_train.data import DATASETS
 from rpg_train.engine.amp import AMP, amp_dtype
 from rpg_train.engine.build import build_model
@@ -343,3 +344,30 @@ def test_smallest_input_searches_only_when_the_size_fails():
     assert smallest_input(spec, 1) is None  # global pooling takes any size
     assert smallest_input(dict(spec, name="timm:convnext_atto"), 28) == 32
     assert smallest_input(dict(spec, name="timm:convnext_atto"), 5) == 32
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_the_keys_checked_where_they_are_used_refuse_nan_and_inf(compose_cfg, value):
+    """rpg.params and prune.params are left to ring_size (numeric_keys' checked_by)."""
+    from rpg_train.engine.prune import prune_to
+
+    cfg = compose_cfg([f"rpg.params={value}"])
+    validate(cfg)
+    reason = r"is neither an integer nor a fraction in \(0, 1\)$"
+    with pytest.raises(UserError, match=rf"^rpg.params={value} {reason}"):
+        build_model(cfg, INFO)
+    with pytest.raises(UserError, match=rf"^prune.params={value} {reason}"):
+        prune_to(create_model("resnet20", 10, 1, True), float(value))
+
+
+@pytest.mark.parametrize("interval,words", [
+    ("(0, inf)", "must be positive"), ("[0, inf)", "must not be negative"),
+    ("[2, inf)", "must be at least 2"), ("(1, inf)", "must be above 1"),
+    ("[0, 1)", "must be in [0, 1)"),
+])
+def test_an_interval_reads_as_words(interval, words):
+    meta = within(None, interval, null="no bound").metadata
+    with pytest.raises(UserError) as info:
+        check_interval("trainer.k", -5.0, meta, nullable=True)
+    assert str(info.value) == f"trainer.k=-5.0 {words} (or null: no bound)"
+    check_interval("trainer.k", None, meta, nullable=True)

@@ -268,6 +268,7 @@ def check_interval(key: str, value, meta, nullable: bool = False) -> None:
     words = meta["says"] or ("positive" if (low_end, low, high) == ("(", "0", "inf") else
                              "not negative" if (low_end, low, high) == ("[", "0", "inf") else
                              f"at least {low}" if low_end == "[" and high == "inf" else
+                             f"above {low}" if high == "inf" else
                              f"in {meta['interval']}")
     if meta["length"]:
         reason = f"must be {meta['length']} numbers, each {words}"

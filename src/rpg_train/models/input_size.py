@@ -1,9 +1,12 @@
 """Whether a backbone takes images of a given size, found before any work by forward passes
-on the meta device (shapes only: no memory, no arithmetic). A ConvNeXt's four stride-2 stages
-need 32 px, a ViT its own size: such a model fails deep inside its forward otherwise."""
+on the meta device (shapes only: no memory, no arithmetic). A ConvNeXt (a stride-4 stem, then
+three stride-2 stages) needs 32 px, a ViT its own size: such a model would otherwise fail deep
+inside its forward, after the data is loaded."""
 from __future__ import annotations
 
+import json
 import warnings
+from functools import lru_cache
 
 import torch
 
@@ -23,7 +26,7 @@ def _fails(model, in_chans: int, size: int) -> Exception | None:
     try:
         with torch.no_grad():
             model(torch.zeros(1, in_chans, size, size, device=device))
-    except (RuntimeError, ValueError, AssertionError, IndexError) as err:  # what shape errors raise
+    except (RuntimeError, ValueError, AssertionError, IndexError) as err:  # shape errors
         return err
     return None
 
@@ -32,6 +35,12 @@ def smallest_input(spec: dict, size: int) -> int | None:
     """None when the model `create_model(**spec)` takes `size` px images; otherwise the
     smallest size it takes. A model failing at every size keeps its error (a bug, not a
     size)."""
+    return _smallest(json.dumps(spec, sort_keys=True), size)
+
+
+@lru_cache(maxsize=32)  # a meta forward takes ~0.3 s (Python decompositions): once a spec
+def _smallest(spec_json: str, size: int) -> int | None:
+    spec = json.loads(spec_json)
     try:
         model = _build(spec, "meta")
     except (RuntimeError, NotImplementedError):  # an init that reads values: build it for real

@@ -55,6 +55,8 @@ class RPGConfig:
     # a frozen random theta0 (each layer's Kaiming init, from rpg.seed) added to the generated
     # weights, the ring starting at 0: Li et al.'s random subspace; one float per weight
     offset: bool = False
+    # ring entries per generated weight, summed and scaled by 1/sqrt(k); 1 = RPG
+    k: int = 1
     share_stem: bool = False
     share_head: bool = False
     prune: RingPruneConfig = field(default_factory=RingPruneConfig)
@@ -234,7 +236,7 @@ def validate(cfg) -> None:
                         + ", ".join(available()))
     for key in ("trainer.epochs", "data.batch_size", "data.eval_batch_size", "sched.step_size",
                 "trainer.nan_check_every", "trainer.accumulate", "data.num_train",
-                "data.num_val"):
+                "data.num_val", "rpg.k"):
         if _get(cfg, key) < 1:
             raise UserError(key, _get(cfg, key), "must be at least 1")
     for key in ("trainer.max_steps", "trainer.limit_batches", "trainer.grad_clip",

@@ -49,7 +49,7 @@ DEFAULT_RUN = {
     "model": dict(name="resnet20", num_classes=None, in_chans=None, small_input=None,
                   width=1.0, kwargs={}),
     "rpg": dict(scope="network", params=25000, seed=0, sampling="even", sign=True,
-                offset=False, share_stem=False, share_head=False,
+                offset=False, k=1, share_stem=False, share_head=False,
                 prune=dict(amount=0.0, finetune_epochs=0, lr=None)),
     "data": dict(name="fashion_mnist", root=None, batch_size=128, eval_batch_size=512,
                  num_workers=8, download=True, augment=False, val_split=0, auto_augment=None,
@@ -147,6 +147,7 @@ def test_unknown_group_option_lists_choices(compose_cfg):
                        "cifar10, cifar100, imagenet, synthetic"),
     ("rpg.scope=global", "rpg.scope='global' is not valid; choose one of: network, stage"),
     ("rpg.sampling=hash", "rpg.sampling='hash' is not valid; choose one of: even, ring, iid, plain"),
+    ("rpg.k=0", "rpg.k=0 must be at least 1"),
     ("optim.name=lamb", "optim.name='lamb' is not valid; choose one of: sgd, adamw"),
     ("sched.name=poly", "sched.name='poly' is not valid; choose one of: cosine, step, exp, "
                         "constant"),

@@ -24,7 +24,8 @@ def _trained(name="resnet20", **kw):
 
 @pytest.mark.parametrize("kw", [dict(), dict(sampling="iid", sign=False, seed=5),
                                 dict(scope="network", share_stem=True, share_head=True),
-                                dict(sampling="plain", sign=False), dict(sampling="plain")])
+                                dict(sampling="plain", sign=False), dict(sampling="plain"),
+                                dict(k=3, seed=2), dict(k=2, offset=True, sampling="iid")])
 def test_compact_round_trip_is_bit_exact_and_small(tmp_path, kw):
     model = _trained(**kw)
     path = tmp_path / "m.safetensors"
@@ -133,6 +134,18 @@ def test_local_ring_with_zero_entries():
 def test_unknown_scope_and_sampling(kw, match):
     with pytest.raises(UserError, match=match):
         apply_rpg(_r20(), **kw)
+
+
+@pytest.mark.parametrize("k", [0, -1, 1.5, True, "2"])
+def test_bad_k(k):
+    with pytest.raises(UserError, match=rf"^k={k!r} must be an integer of at least 1 "
+                                        r"\(ring entries per weight\)$"):
+        apply_rpg(_r20(), "network", 100, k=k)
+
+
+def test_k_counts_are_exact():
+    rep, one = (param_report(apply_rpg(_r20(), "stage", 5000, k=k)) for k in (4, 1))
+    assert rep == one and rep["ring"] == 5000 and rep["generated"] == GENERATED_R20
 
 
 def test_unknown_model_lists_valid_names():

@@ -57,6 +57,27 @@ def test_plain_sampling_reads_the_ring_in_order_from_its_first_entry_per_layer()
     assert not torch.equal(signed[0], signed[2]) and bool((signed[0] >= n).any())
 
 
+@pytest.mark.parametrize("sampling", ["even", "ring", "plain"])
+def test_k_tables_use_every_entry_evenly_over_all_k_slots(sampling):
+    """rpg.k: k table slots per generated weight; even and ring sampling spread the k*T
+    slots as they spread T with k = 1, and plain reads k consecutive entries per weight."""
+    model = apply_rpg(create_model("resnet20", 10), "network", 1000, sampling=sampling, k=3)
+    ring = rings_of(model)[0]
+    assert ring.index.numel() == 3 * ring.generated
+    q, r = divmod(3 * ring.generated, 1000)
+    counts = entry_counts(ring.index, 1000)
+    if sampling != "plain":
+        assert int((counts == q + 1).sum()) == r and int((counts == q).sum()) == 1000 - r
+    else:  # weight p of a layer reads entries 3p, 3p+1, 3p+2 (mod N)
+        first = ring.layer_index()[0] % 1000
+        assert first[:6].tolist() == [0, 1, 2, 3, 4, 5]
+        assert first[999:1002].tolist() == [999, 0, 1]
+    one = apply_rpg(create_model("resnet20", 10), "network", 1000, sampling=sampling)
+    assert torch.equal(rings_of(one)[0].index, draw_index(
+        rings_of(one)[0].sizes, 1000, sampling, True,
+        torch.Generator().manual_seed(rings_of(one)[0].table_seed)))  # k = 1: the old table
+
+
 @pytest.mark.parametrize("scope", ["network", "stage", "block", "layer"])
 def test_every_scope_has_even_rings_summing_to_params(scope):
     model = apply_rpg(create_model("resnet20", 10), scope, 20000)
@@ -121,3 +142,6 @@ def test_tables_are_identical_across_processes_and_depend_on_seed():
 
     a, b, c = run(7), run(7), run(8)
     assert len(a) == 64 and a == b and a != c
+    # k and the offset are part of the recipe: other tables (theta0), another fingerprint
+    ks = run("7, k=2"), run("7, k=2"), run("7, offset=True")
+    assert ks[0] == ks[1] and len({a, ks[0], ks[2]}) == 3

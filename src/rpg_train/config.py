@@ -70,6 +70,8 @@ class RPGConfig:
     # a frozen random theta0 (each layer's Kaiming init, from rpg.seed) added to the generated
     # weights, the ring starting at 0: Li et al.'s random subspace; one float per weight
     offset: bool = False
+    # ring entries per generated weight, summed and scaled by 1/sqrt(k); 1 = RPG
+    k: int = within(1, "[1, inf)")
     share_stem: bool = False
     share_head: bool = False
     prune: RingPruneConfig = field(default_factory=RingPruneConfig)

@@ -23,7 +23,7 @@ def _check_choice(key: str, value, choices) -> None:
 
 def apply_rpg(model: nn.Module, scope: str, params, seed: int = 0, sampling: str = "even",
               sign: bool = True, share_stem: bool = False, share_head: bool = False,
-              offset: bool = False) -> nn.Module:
+              offset: bool = False, k: int = 1) -> nn.Module:
     """Replace the model's conv/linear weights by weights generated from rings, in place.
 
     `scope` picks one ring for the network, or one per stage / block / layer; `params` is the
@@ -35,10 +35,14 @@ def apply_rpg(model: nn.Module, scope: str, params, seed: int = 0, sampling: str
     `offset` adds a frozen random theta0 (each layer's Kaiming init, drawn from the seed,
     never trained or saved) to the generated weights and starts the rings at 0: Li et al.'s
     random subspace with a sparse projection. It costs one float per generated weight.
+    `k` makes every generated weight the sum of k signed ring entries scaled by 1/sqrt(k)
+    (k = 1 is RPG); the tables grow to 4k bytes per generated weight.
     Works on a meta-device model: the tables are drawn after `to_empty(device=...)`.
     """
     _check_choice("scope", scope, SCOPES)
     _check_choice("sampling", sampling, SAMPLINGS)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise UserError("k", k, "must be an integer of at least 1 (ring entries per weight)")
     if scope == "none":
         return model
     if hasattr(model, RINGS_ATTR):
@@ -67,7 +71,7 @@ def apply_rpg(model: nn.Module, scope: str, params, seed: int = 0, sampling: str
         first = modules[group[0].path]._parameters["weight"]
         ring = Ring(sizes[key], [t.path for t in group], [t.shape for t in group],
                     [t.fan_out for t in group], fan_ref, sampling, sign, table_seed,
-                    offset=offset, device=first.device, dtype=first.dtype)
+                    offset=offset, k=k, device=first.device, dtype=first.dtype)
         rings[key.replace(".", "_")] = ring
         for position, t in enumerate(group):
             for path in (t.path, *t.aliases):
@@ -80,8 +84,11 @@ def apply_rpg(model: nn.Module, scope: str, params, seed: int = 0, sampling: str
     model._modules.update(children)
     model.rpg_spec = dict(scope=scope, params=params, seed=seed, sampling=sampling, sign=sign,
                           share_stem=share_stem, share_head=share_head)
-    if offset:  # recorded only when on, so checkpoints and files made before it still match
+    # recorded only when not the default, so checkpoints and files made before still match
+    if offset:
         model.rpg_spec["offset"] = True
+    if k != 1:
+        model.rpg_spec["k"] = k
     return model
 
 

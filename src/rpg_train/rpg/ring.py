@@ -5,6 +5,8 @@ Forward: every access to a generated layer's `weight` gathers it from `cat(ring,
 through the layer's slice of an int32 table (4 bytes per generated weight) and scales it.
 Nothing is cached outside `cached(model)`, so a weight is never stale, whatever changed the
 ring (fused optimizers, `.data`, `load_state_dict`), and every forward builds its own graph.
+With `k` > 1 every generated weight is the sum of k signed entries (k tables, one slot per
+entry, 4k bytes per generated weight), scaled by 1/sqrt(k).
 With `offset`, a frozen random theta0 (each layer's Kaiming init, drawn from the table seed,
 never trained or saved; one float per generated weight) is added to every generated weight.
 Backward, deterministic by construction: on the CPU `index_add_` runs serially into a float32
@@ -72,14 +74,19 @@ def grad_inverse(blocks, g: torch.Tensor, n: int, scale: float) -> torch.Tensor:
 
 
 class _Gather(torch.autograd.Function):
-    """ring -> one layer's weight: a gather through the table, then the scale in place, then
-    the frozen offset theta0 (`base`, or None) added in place."""
+    """ring -> one layer's weight: a gather through the table (k slots per weight, summed in
+    a fixed order), then the scale in place, then the frozen offset theta0 (`base`, or None)
+    added in place."""
 
     @staticmethod
     def forward(ctx, ring, index, scale, shape, blocks, base):
         ctx.save_for_backward(index)
         ctx.n, ctx.scale, ctx.blocks = ring.numel(), scale, blocks
-        out = torch.cat([ring, -ring]).index_select(0, index).mul_(scale)
+        ctx.k = index.numel() // math.prod(shape)
+        out = torch.cat([ring, -ring]).index_select(0, index)
+        if ctx.k > 1:  # weight p reads slots p*k .. p*k + k - 1
+            out = out.view(-1, ctx.k).sum(1)
+        out.mul_(scale)
         if base is not None:
             out.add_(base)
         return out.view(shape)
@@ -87,6 +94,8 @@ class _Gather(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (index,) = ctx.saved_tensors
+        if ctx.k > 1:  # every slot of a weight gets the weight's gradient
+            g = g.reshape(-1, 1).expand(-1, ctx.k).reshape(-1)
         if ctx.blocks is None:
             grad = grad_serial(index, g, ctx.n, ctx.scale)
         else:
@@ -102,21 +111,24 @@ class Ring(nn.Module):
     reference fan-out (the same for every ring of a model, see `apply_rpg`). With `offset`
     every generated weight gets its layer's entry of theta0 added (a pure function of the
     shapes and table_seed, drawn like the table, never saved) and the ring starts at 0.
+    With `k` > 1 the table has k slots per generated weight (weight-major within a layer)
+    and `scales` are the multipliers divided by sqrt(k): each slot's factor.
     """
 
     def __init__(self, size: int, paths: list[str], shapes: list[tuple[int, ...]],
                  fan_outs: list[int], fan_ref: int, sampling: str, sign: bool,
-                 table_seed: int, offset: bool = False, device=None, dtype=None):
+                 table_seed: int, offset: bool = False, k: int = 1, device=None, dtype=None):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(size, device=device, dtype=dtype))
         self.paths, self.shapes = list(paths), [tuple(s) for s in shapes]
         self.sizes = [math.prod(s) for s in self.shapes]
         self.sampling, self.sign, self.table_seed = sampling, sign, table_seed
-        self.fan_ref, self.fan_outs, self.offset = fan_ref, list(fan_outs), offset
+        self.fan_ref, self.fan_outs, self.offset, self.k = fan_ref, list(fan_outs), offset, k
         self.starts = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
         self._theta0 = None  # drawn when first needed, like the table
         # each layer starts at its own Kaiming fan-out std, with one reference for the network
-        self.scales = [math.sqrt(fan_ref / f) for f in fan_outs]
+        # (a sum of k entries has k times the variance: 1/sqrt(k); exact, / 1.0, for k = 1)
+        self.scales = [math.sqrt(fan_ref / f) / math.sqrt(k) for f in fan_outs]
         self._index = self._slices = self._inverse = None  # derived from the recipe
         self._caching, self._cache = 0, {}
         # prune_ring's mask (1 kept, 0 pruned; ring dtype): applied in every forward, so a
@@ -139,8 +151,13 @@ class Ring(nn.Module):
     def draw_table(self, device="cpu") -> torch.Tensor:
         """The forward table, drawn afresh from the recipe."""
         gen = torch.Generator().manual_seed(self.table_seed)
-        return draw_index(self.sizes, self.weight.numel(), self.sampling, self.sign,
+        return draw_index(self.slots, self.weight.numel(), self.sampling, self.sign,
                           gen).to(device)
+
+    @property
+    def slots(self) -> list[int]:
+        """Table entries per layer: k per generated weight."""
+        return [getattr(self, "k", 1) * m for m in self.sizes]
 
     def draw_theta0(self, device="cpu", dtype=torch.float32) -> torch.Tensor:
         """The offset theta0, drawn afresh: every layer's Kaiming fan-out normal init
@@ -176,7 +193,7 @@ class Ring(nn.Module):
     def layer_index(self) -> list[torch.Tensor]:
         """The forward table cut into each layer's slice (views, no copies)."""
         if self._slices is None:  # reset with the table, in _apply
-            self._slices = list(self.index.split(self.sizes))
+            self._slices = list(self.index.split(self.slots))
         return self._slices
 
     def inverse(self, position: int):
@@ -210,7 +227,8 @@ class Ring(nn.Module):
         keep = getattr(self, "prune_keep", None)  # (absent from Rings pickled before it)
         src = w if keep is None else w * keep
         theta0 = self.theta0
-        base = None if theta0 is None else theta0.narrow(0, self.starts[position], index.numel())
+        base = (None if theta0 is None else
+                theta0.narrow(0, self.starts[position], self.sizes[position]))
         out = _Gather.apply(src, index, self.scales[position], self.shapes[position], blocks,
                             base)
         if self._caching:
@@ -249,6 +267,7 @@ class Ring(nn.Module):
 
     def extra_repr(self) -> str:
         offset = ", offset" if getattr(self, "offset", False) else ""
+        offset += f", k={self.k}" if getattr(self, "k", 1) != 1 else ""
         return (f"size={self.weight.numel()}, generated={self.generated}, "
                 f"layers={len(self.paths)}{offset}")
 

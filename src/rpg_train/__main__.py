@@ -36,10 +36,10 @@ def main(cfg: DictConfig) -> float | None:
         sweep.clear(cfg.out_dir)
     try:
         results = train(cfg)
-    except UserError as err:  # bad input: one line; anything else is a bug with a traceback
-        log.error("error: %s", str(err).splitlines()[0])
+    except UserError as err:  # bad input, no traceback (a bug keeps its own): the whole
+        log.error("error: %s", err)  # message, since a cause's lines may end in its hint
         if multirun:
-            sweep.mark(cfg.out_dir, "bad input: " + str(err).splitlines()[0])
+            sweep.mark(cfg.out_dir, f"bad input: {err}")
             return None  # let the sweep's other jobs run
         sys.exit(2)
     except Interrupted as stop:
@@ -87,8 +87,8 @@ def cli() -> None:
         sys.exit(2)
     main()
     if sweep.FAILED:  # the sweep went on past them; its exit status says they failed
-        print(f"error: {len(sweep.FAILED)} job(s) of the sweep failed: "
-              + "; ".join(sweep.FAILED), file=sys.stderr)
+        print(f"error: {len(sweep.FAILED)} job(s) of the sweep failed: "  # a line each
+              + "; ".join(f.splitlines()[0] for f in sweep.FAILED), file=sys.stderr)
         sys.exit(1)
 
 

@@ -140,6 +140,7 @@ class TrainerConfig:
     max_steps: int = 0  # stop after this many optimizer steps in total; 0 = no limit
     limit_batches: int = 0  # batches per epoch, train and val; 0 = all
     resume: Optional[str] = None  # auto (last.pt in the run directory) | PATH
+    overwrite: bool = False  # a fresh run may replace an earlier run's records in its directory
     progress: bool = True  # tqdm bar, when the output is a terminal
     accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
     sync_bn: bool = False  # BatchNorm statistics over all processes (CUDA only)

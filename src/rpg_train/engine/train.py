@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from ..config import validate
 from ..errors import UserError
 from ..log import MetricsFile, WandbLogger
-from . import checkpoint, ring_prune
+from . import checkpoint, ring_prune, rundir
 from .amp import amp_dtype, autocast_for
 from .build import build
 from .distributed import (Dist, RankLost, Vote, any_rank, barrier, broadcast_buffers,
@@ -218,7 +218,8 @@ def train(cfg) -> dict:
         # one run directory, rank 0's (every rank composed its own config, and a timestamped
         # default can differ between them)
         cfg.out_dir = broadcast_object(str(cfg.out_dir))
-        return fit(prepare(cfg, dist, Path(cfg.out_dir), t0))
+        with rundir.claimed(Path(cfg.out_dir), cfg.trainer, dist.is_main):
+            return fit(prepare(cfg, dist, Path(cfg.out_dir), t0))
     except RuntimeError as err:
         if dist.world_size > 1 and lost_rank(err):
             raise RankLost(str(err).splitlines()[0][:300]) from err

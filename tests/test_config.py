@@ -62,7 +62,7 @@ DEFAULT_RUN = {
                     compile=False, grad_clip=0.0, label_smoothing=0.0, max_steps=0,
                     limit_batches=0, resume=None, overwrite=False, progress=True, accumulate=1, sync_bn=False, ema_decay=None,
                     checkpoint_every_min=30.0,
-                    dist_timeout_s=600.0, nan_policy="stop", max_loss=None,
+                    dist_timeout_s=600.0, nan_policy="stop", max_loss=None, max_loss_factor=100.0,
                     nan_check_every=50),
     "logger": dict(name="none", project="rpg-train", entity=None, mode="auto", group=None,
                    run_name=None, tags=[]),

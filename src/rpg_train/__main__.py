@@ -51,9 +51,10 @@ def main(cfg: DictConfig) -> float | None:
                   err)
         sys.exit(1)
     except Diverged as bad:
-        log.error("error: %s (trainer.nan_policy=%s, trainer.max_loss=%s); stopped without "
-                  "saving, so last.pt still holds the last good state", bad,
-                  cfg.trainer.nan_policy, cfg.trainer.max_loss)
+        kept = ("last.pt holds the last good state" if os.path.exists(
+            os.path.join(cfg.out_dir, "last.pt")) else "nothing was saved")
+        log.error("error: %s; stopped (trainer.nan_policy=%s): %s", bad,
+                  cfg.trainer.nan_policy, kept)
         if multirun:
             sweep.mark(cfg.out_dir, f"diverged: {bad}")
             return None

@@ -149,11 +149,13 @@ class TrainerConfig:
     # collective that waits this long for a lost rank fails instead of hanging
     checkpoint_every_min: float = 30.0
     dist_timeout_s: float = 600.0
-    # divergence: a non-finite loss, or one above max_loss (null = no bound), stops the run
-    # (stop) or skips its step (skip, a host sync per step); stop reads the loss every
-    # nan_check_every steps and before every checkpoint
+    # divergence: a non-finite loss, one above max_loss (null = no bound), or one above
+    # max_loss_factor x the starting loss (the first step's, at least ln(classes); null = no
+    # bound) stops the run (stop) or skips its step (skip, a host sync per step); stop reads
+    # the loss every nan_check_every steps and before every checkpoint
     nan_policy: str = "stop"
     max_loss: Optional[float] = None
+    max_loss_factor: Optional[float] = 100.0
     nan_check_every: int = 50
 
 
@@ -266,6 +268,9 @@ def validate(cfg) -> None:
         raise UserError("optim.lr_batch", cfg.optim.lr_batch, "must be at least 1 (or null)")
     if cfg.trainer.max_loss is not None and not cfg.trainer.max_loss > 0:
         raise UserError("trainer.max_loss", cfg.trainer.max_loss, "must be positive (or null)")
+    if cfg.trainer.max_loss_factor is not None and not cfg.trainer.max_loss_factor > 1:
+        raise UserError("trainer.max_loss_factor", cfg.trainer.max_loss_factor,
+                        "must be above 1 (or null: no bound)")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.trainer.device):
         raise UserError("trainer.device", cfg.trainer.device,
                         "is not valid; use auto, cpu, cuda, cuda:N or mps")

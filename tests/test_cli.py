@@ -230,6 +230,8 @@ def test_plain_srun_tasks_form_one_world_in_one_directory(tmp_path):
     runs = {p.parent for p in tmp_path.rglob("results.json")}
     assert len(runs) == 1, runs  # one run directory, not one per task
     run = runs.pop()
+    made = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert all(run in p.parents for p in made), made  # rank 1 wrote nothing elsewhere
     results = json.loads((run / "results.json").read_text())
     assert results["world_size"] == 2 and results["steps"] == 2 * (64 // 2 // 16)
     assert len(torch.load(run / "last.pt", weights_only=True)["rng"]) == 2

@@ -36,10 +36,10 @@ def main(cfg: DictConfig) -> float | None:
         sweep.clear(cfg.out_dir)
     try:
         results = train(cfg)
-    except UserError as err:  # bad input, no traceback (a bug keeps its own): the whole
-        log.error("error: %s", err)  # message, since a cause's lines may end in its hint
+    except UserError as err:  # bad input: one line; anything else is a bug with a traceback
+        log.error("error: %s", str(err).splitlines()[0])
         if multirun:
-            sweep.mark(cfg.out_dir, f"bad input: {err}")
+            sweep.mark(cfg.out_dir, "bad input: " + str(err).splitlines()[0])
             return None  # let the sweep's other jobs run
         sys.exit(2)
     except Interrupted as stop:
@@ -74,10 +74,23 @@ def register_launchers() -> None:
 
 
 def cli() -> None:
-    """The command line. A process of rank > 0 under torchrun composes the same config but
-    lets Hydra write nothing: it trains in rank 0's run directory (see engine.train)."""
-    if int(os.environ.get("RANK", "0")) > 0:
+    """The command line. A process of rank > 0 under torchrun or srun composes the same
+    config but lets Hydra write nothing: it trains in rank 0's run directory (see
+    engine.train). A one-process run into a run directory that a run holds is refused
+    before Hydra writes its files (.hydra/) there; several processes are refused together,
+    by train (none is left waiting for the others)."""
+    from .engine.distributed import env_rank, env_world
+    from .engine.rundir import busy, holder
+
+    if env_rank() > 0:
         sys.argv += QUIET + ["hydra.run.dir=."]
+    elif env_world() == 1 and not {"-m", "--multirun"} & set(sys.argv):
+        run_dir = next((a.split("=", 1)[1] for a in sys.argv[1:]
+                        if a.startswith("hydra.run.dir=")), None)
+        who = run_dir and holder(run_dir)
+        if who:
+            print(f"error: {busy(os.path.abspath(run_dir), who)}", file=sys.stderr)
+            sys.exit(2)
     launcher = next((a.split("=", 1)[1] for a in sys.argv[1:]
                      if a.startswith("hydra/launcher=")), "")
     if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None:
@@ -88,8 +101,8 @@ def cli() -> None:
         sys.exit(2)
     main()
     if sweep.FAILED:  # the sweep went on past them; its exit status says they failed
-        print(f"error: {len(sweep.FAILED)} job(s) of the sweep failed: "  # a line each
-              + "; ".join(f.splitlines()[0] for f in sweep.FAILED), file=sys.stderr)
+        print(f"error: {len(sweep.FAILED)} job(s) of the sweep failed: "
+              + "; ".join(sweep.FAILED), file=sys.stderr)
         sys.exit(1)
 
 

@@ -5,7 +5,6 @@ one epoch, evaluate, log, save.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random

@@ -207,3 +207,118 @@ def test_slurm_launcher_runs_one_world_in_one_directory(tmp_path):
     assert (run / "train.log").read_text().count("resnet20 network: ring 2000") == 1
     logs = sorted((sweep / ".submitit").glob("*/*_log.out"))
     assert len(logs) == 2 and "resnet20 network" not in logs[1].read_text()  # rank 1 is quiet
+
+
+def test_plain_srun_tasks_form_one_world_in_one_directory(tmp_path):
+    """`srun --ntasks=2 python -m rpg_train ...`: each task has SLURM's variables and no
+    torchrun ones; the two form one DDP world (rank and size from SLURM, the master from the
+    node list), train in one run directory, and only rank 0 writes or logs there."""
+    from conftest import free_port
+
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "2",
+             "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "localhost",
+             "MASTER_PORT": str(free_port())}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    tasks = [subprocess.Popen(
+        [sys.executable, "-m", "rpg_train", *SMALL, "trainer.epochs=2", "trainer.progress=false"],
+        cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**env, **slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
+             "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}) for rank in (0, 1)]
+    out = [t.communicate(timeout=300)[0] for t in tasks]
+    assert [t.returncode for t in tasks] == [0, 0], out[0][-3000:] + out[1][-3000:]
+    runs = {p.parent for p in tmp_path.rglob("results.json")}
+    assert len(runs) == 1, runs  # one run directory, not one per task
+    run = runs.pop()
+    made = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert all(run in p.parents for p in made), made  # rank 1 wrote nothing elsewhere
+    results = json.loads((run / "results.json").read_text())
+    assert results["world_size"] == 2 and results["steps"] == 2 * (64 // 2 // 16)
+    assert len(torch.load(run / "last.pt", weights_only=True)["rng"]) == 2
+    start = "resnet20 network: ring 2000"
+    assert (run / "train.log").read_text().count(start) == 1
+    assert out[0].count(start) == 1 and start not in out[1]
+
+
+def test_srun_tasks_take_the_master_from_the_node_list_as_submitit_does(monkeypatch):
+    """The same rank, world, master address and port as the SLURM launcher's (submitit's
+    TorchDistributedEnvironment) for the same job; none for the batch script itself."""
+    from submitit.helpers import TorchDistributedEnvironment
+
+    from rpg_train.engine.distributed import env_rank, slurm_world
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in dict(SLURM_JOB_ID="777", SLURM_NTASKS="8", SLURM_PROCID="5",
+                           SLURM_LOCALID="1", SLURM_NODEID="1", SLURM_JOB_NUM_NODES="2",
+                           SLURM_JOB_NODELIST="gpu[07-08]").items():
+        monkeypatch.setenv(key, value)
+    assert slurm_world() is None and env_rank() == 0  # the batch script: one process
+    monkeypatch.setenv("SLURM_STEP_ID", "0")  # a task srun started
+    world = slurm_world()
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    ref = TorchDistributedEnvironment()
+    assert world == dict(RANK="5", WORLD_SIZE="8", LOCAL_RANK="1", MASTER_ADDR="gpu07",
+                         MASTER_PORT=str(ref.master_port))
+    assert (ref.rank, ref.world_size, ref.master_addr) == (5, 8, "gpu07") and env_rank() == 5
+    monkeypatch.setenv("MASTER_PORT", "29511")
+    assert slurm_world()["MASTER_PORT"] == "29511"
+
+
+def _strict(text):
+    """json.loads that refuses the bare NaN / Infinity Python's json writes by default."""
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_blown_up_update_is_never_saved_nor_reported_as_finished(tmp_path):
+    """The update of a step is judged by the next step's loss, or by the evaluation after it:
+    a run whose first update breaks the model saves nothing and exits 3 as diverged, whether
+    training goes on (2 epochs) or ends right after it (max_steps=1)."""
+    args = ["debug=synthetic", "trainer.limit_batches=1", "trainer.epochs=2", "optim.lr=1e30",
+            "trainer.max_loss=10", "trainer.device=cpu"]
+    for extra in ([], ["trainer.max_steps=1"]):
+        run = tmp_path / f"run{len(extra)}"
+        proc = app(*args, *extra, f"hydra.run.dir={run}")
+        assert proc.returncode == 3, proc.stderr[-3000:]
+        assert _error_line(proc).endswith(
+            "error: the test loss was nan after step 1; stopped (trainer.nan_policy=stop): "
+            "nothing was saved")
+        assert not (run / "last.pt").exists() and not (run / "best.pt").exists()
+        results = _strict((run / "results.json").read_text())
+        assert results["status"] == "diverged" and results["diverged_step"] == 1
+        assert results["diverged_loss"] is None  # NaN, written as JSON's null
+
+
+def test_the_default_bound_stops_a_run_whose_loss_explodes(tmp_path):
+    """No trainer.max_loss given: the loss 100 times its start stops the run (exit 3)."""
+    proc = app("optim.lr=1e8", "debug=fast", "trainer.device=cpu", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    line = _error_line(proc)
+    assert "(above trainer.max_loss_factor=100 x the starting loss" in line, line
+    assert line.endswith("at step 2; stopped (trainer.nan_policy=stop): nothing was saved")
+    assert _strict((tmp_path / "results.json").read_text())["status"] == "diverged"
+
+
+def test_the_slurm_launchers_own_resume_refuses_changed_settings(tmp_path):
+    """Every job of hydra/launcher=slurm resumes by itself (trainer.resume=auto): a sweep run
+    again into the same directory with another optim.lr is refused, not silently resumed."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    sweep = tmp_path / "sweep"
+
+    def launch(*extra):
+        return subprocess.run(
+            [sys.executable, "-m", "rpg_train", "-m", "hydra/launcher=slurm_local",
+             "hydra.launcher.tasks_per_node=1", *SMALL, "trainer.limit_batches=1",
+             "trainer.progress=false", *extra, f"hydra.sweep.dir={sweep}"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    assert launch().returncode == 0
+    proc = launch("optim.lr=0.4")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[-1] == (
+        "error: 1 job(s) of the sweep failed: 0: bad input: trainer.resume="
+        f"'{sweep / '0' / 'last.pt'}' was trained with optim.lr 0.2 (now 0.4); resume with "
+        "the same values (the checkpoint's optimizer state and data order hold them), or "
+        "start a new run")

@@ -61,10 +61,10 @@ DEFAULT_RUN = {
                   gamma=0.1, decay_epochs=45),
     "trainer": dict(epochs=5, seed=0, device="auto", amp="auto", channels_last=True,
                     compile=False, grad_clip=0.0, label_smoothing=0.0, max_steps=0,
-                    limit_batches=0, resume=None, progress=True, accumulate=1, sync_bn=False, ema_decay=None,
+                    limit_batches=0, resume=None, overwrite=False, progress=True, accumulate=1, sync_bn=False, ema_decay=None,
                     checkpoint_every_min=30.0,
                     dist_timeout_s=600.0, nan_policy="stop", max_loss=None,
-                    nan_check_every=50, log_every_s=60.0),
+                    max_loss_factor=100.0, nan_check_every=50, log_every_s=60.0),
     "logger": dict(name="none", project=None, entity=None, mode="auto", group=None,
                    run_name=None, tags=[]),
     # the equal-DoF baselines, off by default

@@ -199,3 +199,81 @@ def test_every_rank_resumes_from_the_file_rank_0_found(quick_cfg, tmp_path):
     mp.spawn(_resume_choice, args=(2, port, str(tmp_path / "run"), str(out)), nprocs=2)
     assert sorted(out.read_text().splitlines()) == [f"0 last.pt {2 * PER_EPOCH}",
                                                     f"1 last.pt {2 * PER_EPOCH}"]
+
+
+def test_the_loss_bound_is_relative_to_the_start_and_at_least_chance():
+    """trainer.max_loss_factor: a step's loss above factor x the starting loss (the first
+    good step's, but at least ln(classes)) is bad; a finite loss below it never is."""
+    from rpg_train.engine.guard import LossGuard
+
+    def verdicts(losses, classes=10):
+        guard = LossGuard("skip", None, 1, "cpu", factor=100, classes=classes)
+        out = []
+        for step, loss in enumerate(losses, 1):
+            loss = torch.tensor(loss)
+            out.append(guard.skip(loss))
+            if not out[-1]:
+                guard.watch(loss, step)
+        return out
+
+    chance = 100 * torch.log(torch.tensor(10.0)).item()  # 230.26: the start is at least ln 10
+    assert verdicts([0.5, chance - 0.01, chance + 0.01]) == [False, False, True]
+    assert verdicts([5.0, 499.0, 501.0, float("nan")]) == [False, False, True, True]
+    assert verdicts([float("inf"), 3.0, 299.0, 301.0]) == [True, False, False, True]  # a bad
+    # first step sets no start: the first good one does (3.0 here)
+    guard = LossGuard("stop", None, 1, "cpu", factor=None, classes=10)  # null: no bound
+    guard.watch(torch.tensor(2.3), 1)
+    guard.watch(torch.tensor(1e30), 2)
+    assert not guard.poll(2)
+
+
+def test_weights_that_are_not_finite_are_never_saved(quick_cfg, tmp_path, monkeypatch):
+    """A recovery checkpoint after an update that left a weight NaN: the run stops as
+    diverged and last.pt keeps the step before."""
+    real = engine_train.save
+
+    def save(run, name):
+        if run.step == 2:
+            with torch.no_grad():
+                next(run.plain_model.parameters()).view(-1)[0] = float("nan")
+        real(run, name)
+
+    monkeypatch.setattr(engine_train, "save", save)
+    with pytest.raises(Diverged, match=r"^the weights are not finite after step 2$"):
+        train(quick_cfg("trainer.checkpoint_every_min=1e-9"))
+    assert _state(tmp_path / "run" / "last.pt")["step"] == 1
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "diverged" and results["diverged_loss"] is None
+
+
+@pytest.mark.parametrize("override, said", [
+    ("optim.lr=0.4", "optim.lr 0.2 (now 0.4)"),
+    ("optim.weight_decay=0.01", "optim.weight_decay 0.0005 (now 0.01)"),
+    ("optim.momentum=0.5", "optim.momentum 0.9 (now 0.5)"),
+    ("trainer.seed=3", "trainer.seed 0 (now 3)"),
+    ("optim=adamw", "optim.name sgd (now adamw)"),  # was KeyError: 'step'
+])
+def test_resume_with_other_optimizer_settings_or_seed_is_refused(quick_cfg, tmp_path,
+                                                                 override, said):
+    """The checkpoint's optimizer state holds its lr, momentum and decay, and the data order
+    its seed: a resume that changed one would record the new value and train with the old."""
+    train(quick_cfg("trainer.epochs=2", "trainer.max_steps=2"))
+    with pytest.raises(UserError) as info:
+        train(quick_cfg("trainer.epochs=2", "trainer.resume=auto", override))
+    assert str(info.value) == (
+        f"trainer.resume='{tmp_path / 'run' / 'last.pt'}' was trained with {said}; resume "
+        "with the same values (the checkpoint's optimizer state and data order hold them), "
+        "or start a new run")
+
+
+def test_a_cut_last_metrics_line_does_not_stop_a_resume(quick_cfg, tmp_path, caplog):
+    full = train(quick_cfg("trainer.epochs=2", out="full"))
+    train(quick_cfg("trainer.epochs=2", f"trainer.max_steps={PER_EPOCH}"))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    with metrics.open("a") as f:
+        f.write('{"epoch": 2, "step": 8, "lr": 0.0')  # a crash mid-write
+    with caplog.at_level(logging.WARNING, logger="rpg_train"):
+        resumed = train(quick_cfg("trainer.epochs=2", "trainer.resume=auto"))
+    assert resumed["final_top1"] == full["final_top1"]
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1, 2]
+    assert f"{metrics} line 2 is not a metrics row" in caplog.text

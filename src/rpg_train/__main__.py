@@ -51,9 +51,10 @@ def main(cfg: DictConfig) -> float | None:
                   err)
         sys.exit(1)
     except Diverged as bad:
-        log.error("error: %s (trainer.nan_policy=%s, trainer.max_loss=%s); stopped without "
-                  "saving, so last.pt still holds the last good state", bad,
-                  cfg.trainer.nan_policy, cfg.trainer.max_loss)
+        kept = ("last.pt holds the last good state" if os.path.exists(
+            os.path.join(cfg.out_dir, "last.pt")) else "nothing was saved")
+        log.error("error: %s; stopped (trainer.nan_policy=%s): %s", bad,
+                  cfg.trainer.nan_policy, kept)
         if multirun:
             sweep.mark(cfg.out_dir, f"diverged: {bad}")
             return None
@@ -73,15 +74,28 @@ def register_launchers() -> None:
 
 
 def cli() -> None:
-    """The command line. A process of rank > 0 under torchrun composes the same config but
-    lets Hydra write nothing: it trains in rank 0's run directory (see engine.train)."""
+    """The command line. A process of rank > 0 under torchrun or srun composes the same
+    config but lets Hydra write nothing: it trains in rank 0's run directory (see
+    engine.train). A one-process run into a run directory that a run holds is refused
+    before Hydra writes its files (.hydra/) there; several processes are refused together,
+    by train (none is left waiting for the others)."""
     if "--version" in sys.argv[1:]:  # the package's version, not Hydra's
         from . import __version__
 
         print(f"rpg-train {__version__}")
         sys.exit(0)
-    if int(os.environ.get("RANK", "0")) > 0:
+    from .engine.distributed import env_rank, env_world
+    from .engine.rundir import busy, holder
+
+    if env_rank() > 0:
         sys.argv += QUIET + ["hydra.run.dir=."]
+    elif env_world() == 1 and not {"-m", "--multirun"} & set(sys.argv):
+        run_dir = next((a.split("=", 1)[1] for a in sys.argv[1:]
+                        if a.startswith("hydra.run.dir=")), None)
+        who = run_dir and holder(run_dir)
+        if who:
+            print(f"error: {busy(os.path.abspath(run_dir), who)}", file=sys.stderr)
+            sys.exit(2)
     launcher = next((a.split("=", 1)[1] for a in sys.argv[1:]
                      if a.startswith("hydra/launcher=")), "")
     if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None:

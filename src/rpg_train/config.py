@@ -165,6 +165,8 @@ class TrainerConfig:
     max_steps: int = within(0, "[0, inf)")
     limit_batches: int = within(0, "[0, inf)")  # batches per epoch, train and val; 0 = all
     resume: Optional[str] = None  # auto (last.pt in the run directory) | PATH
+    # a fresh run may replace an earlier run's records in its directory
+    overwrite: bool = False
     progress: bool = True  # tqdm bars (training and evaluation), when the output is a terminal
     # without a bar (no terminal: SLURM, nohup; or progress=false): a line every this many
     # seconds saying epoch, batch, loss, img/s and the time left; 0 = none
@@ -177,11 +179,13 @@ class TrainerConfig:
     # collective that waits this long for a lost rank fails instead of hanging
     checkpoint_every_min: float = within(30.0, "[0, inf)")
     dist_timeout_s: float = within(600.0, "(0, inf)")
-    # divergence: a non-finite loss, or one above max_loss (null = no bound), stops the run
-    # (stop) or skips its step (skip, a host sync per step); stop reads the loss every
-    # nan_check_every steps and before every checkpoint
+    # divergence: a non-finite loss, one above max_loss (null = no bound), or one above
+    # max_loss_factor x the starting loss (the first step's, at least ln(classes); null = no
+    # bound) stops the run (stop) or skips its step (skip, a host sync per step); stop reads
+    # the loss every nan_check_every steps and before every checkpoint
     nan_policy: str = "stop"
     max_loss: Optional[float] = within(None, "(0, inf)")
+    max_loss_factor: Optional[float] = within(100.0, "(1, inf)", null="no bound")
     nan_check_every: int = within(50, "[1, inf)")
 
 

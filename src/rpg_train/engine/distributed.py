@@ -1,7 +1,9 @@
-"""Process-group set-up from torchrun's environment, and small collective helpers."""
+"""Process-group set-up from the launcher's environment (torchrun, the SLURM launcher, or a
+plain `srun`), and small collective helpers."""
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -32,16 +34,54 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _srun_tasks() -> int:
+    """The tasks of the plain srun step this process is one of; 0 when it is not one (set
+    up by torchrun or the SLURM launcher, or no srun at all: the batch script itself has no
+    SLURM_STEP_ID)."""
+    if "WORLD_SIZE" in os.environ or "SLURM_STEP_ID" not in os.environ:
+        return 0
+    return int(os.environ.get("SLURM_NTASKS", "1"))
+
+
 def env_rank() -> int:
     """This process's rank as its launcher tells it, before any process group exists."""
-    return int(os.environ.get("RANK", "0"))
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    return int(os.environ.get("SLURM_PROCID", "0")) if _srun_tasks() > 1 else 0
+
+
+def env_world() -> int:
+    """The number of processes of this run as its launcher tells it."""
+    return int(os.environ.get("WORLD_SIZE") or max(1, _srun_tasks()))
+
+
+def slurm_world() -> dict | None:
+    """torch.distributed's variables for a task of a plain `srun --ntasks=N` (N > 1) that no
+    torchrun or SLURM launcher has set up: rank, world size and local rank from SLURM, the
+    job's first node as master (the node list read by submitit, as the SLURM launcher does),
+    and MASTER_PORT if set, else the port submitit derives from the job id. None otherwise."""
+    tasks = _srun_tasks()
+    if tasks <= 1:
+        return None
+    try:
+        from submitit.slurm.slurm import SlurmJobEnvironment
+    except ImportError:
+        raise UserError("SLURM_NTASKS", tasks, "tasks of srun form one run through submitit, "
+                        "which reads SLURM's node list: pip install 'rpg-train[slurm]', or "
+                        "launch with torchrun") from None
+    job = SlurmJobEnvironment()
+    port = os.environ.get("MASTER_PORT") or str(random.Random(job.job_id).randint(20000, 60000))
+    return dict(RANK=str(job.global_rank), WORLD_SIZE=str(job.num_tasks),
+                LOCAL_RANK=str(job.local_rank), MASTER_ADDR=job.hostnames[0], MASTER_PORT=port)
 
 
 def setup(device_name: str, timeout_s: float = 600) -> Dist:
-    """One process per device. Under torchrun (WORLD_SIZE > 1) join the process group:
-    NCCL on GPUs, gloo on CPUs; each process takes the GPU of its LOCAL_RANK. A collective
-    that waits longer than `timeout_s` (a rank died) fails instead of hanging."""
+    """One process per device. Under torchrun, the SLURM launcher or srun (WORLD_SIZE > 1)
+    join the process group: NCCL on GPUs, gloo on CPUs; each process takes the GPU of its
+    LOCAL_RANK. A collective that waits longer than `timeout_s` (a rank died) fails instead
+    of hanging."""
     device = resolve_device(device_name)
+    os.environ.update(slurm_world() or {})
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist(device=device)

@@ -5,8 +5,8 @@ one epoch, evaluate, log, save.
 """
 from __future__ import annotations
 
-import json
 import logging
+import math
 import random
 import resource
 import time
@@ -22,8 +22,9 @@ from omegaconf import OmegaConf
 
 from ..config import validate
 from ..errors import UserError
-from ..log import MetricsFile, WandbLogger, method_label, preparing, provenance, run_name
-from . import checkpoint, ring_prune
+from ..log import (MetricsFile, WandbLogger, method_label, preparing, provenance, run_name,
+                   strict_json)
+from . import checkpoint, resume, ring_prune, rundir
 from .amp import amp_dtype, autocast_for
 from .build import build
 from .distributed import (Dist, RankLost, Vote, any_rank, barrier, broadcast_buffers,
@@ -90,7 +91,8 @@ class Run:
     def __post_init__(self):
         self.resolved = OmegaConf.to_container(self.cfg, resolve=True)
         t = self.cfg.trainer
-        self.guard = LossGuard(t.nan_policy, t.max_loss, t.nan_check_every, self.device)
+        self.guard = LossGuard(t.nan_policy, t.max_loss, t.nan_check_every, self.device,
+                               t.max_loss_factor, self.spec["num_classes"])
         self.vote = Vote(3, t.dist_timeout_s)
         self.last_save = time.monotonic()
 
@@ -196,6 +198,7 @@ class Run:
         # each rank's own sums (older checkpoints hold rank 0's only)
         self.start_sums = sums[self.dist.rank] if sums and isinstance(sums[0], list) else sums
         self.guard.skipped = s.get("skipped_steps", 0)
+        self.guard.load(s.get("loss_start"))
         self.selected = s.get("selected")
         rng = s["rng"]
         checkpoint.set_rng_state(rng[self.dist.rank] if len(rng) == self.dist.world_size
@@ -219,7 +222,8 @@ def train(cfg) -> dict:
         # default can differ between them)
         cfg.out_dir = broadcast_object(str(cfg.out_dir))
         log.info("run directory: %s", cfg.out_dir)  # first: where to look while it runs
-        return fit(prepare(cfg, dist, Path(cfg.out_dir), t0))
+        with rundir.claimed(Path(cfg.out_dir), cfg.trainer, dist.is_main):
+            return fit(prepare(cfg, dist, Path(cfg.out_dir), t0))
     except RuntimeError as err:
         if dist.world_size > 1 and lost_rank(err):
             raise RankLost(str(err).splitlines()[0][:300]) from err
@@ -280,6 +284,7 @@ def prepare(cfg, dist: Dist, out_dir: Path, t0: float) -> Run:
     ckpt = load_resume(cfg, out_dir)
     if ckpt is not None:
         check_schedule(ckpt, cfg, dist)
+        resume.check_kept(ckpt, cfg)
     t, accumulate = cfg.trainer, cfg.trainer.accumulate
     if t.sync_bn and dist.world_size > 1 and dist.device.type != "cuda":
         raise UserError("trainer.sync_bn", True, f"needs CUDA devices (SyncBatchNorm); this run "
@@ -355,8 +360,12 @@ def fit(run: Run) -> dict:
             if run.start_epoch >= cfg.trainer.epochs or run.position()[0] >= cfg.trainer.epochs:
                 row = prune(run, row)  # rpg.prune without fine-tuning, or cut by max_steps
         except Interrupted as stop:
-            if not run.evaluated:  # stopped inside the epoch: save its last whole step
-                save(run, "last.pt")
+            try:
+                if not run.evaluated:  # stopped inside the epoch: save its last whole step
+                    save(run, "last.pt")
+            except Diverged as bad:
+                logger.diverged(run, bad)
+                raise
             logger.interrupted(run, stop)
             raise
         except Diverged as bad:  # last.pt keeps the last good state: nothing is saved
@@ -369,7 +378,11 @@ def fit(run: Run) -> dict:
 
 
 def save(run: Run, name: str) -> None:
-    """Write a checkpoint of the current position (a collective: every rank's RNG states)."""
+    """Write a checkpoint of the current position (a collective: every rank's RNG states).
+    Weights that are not finite are never saved: the run diverged."""
+    if any_rank(not _finite(run.plain_model), run.device):
+        raise Diverged(run.step, float("nan"), f"the weights are not finite after step "
+                       f"{run.step}")
     epoch, batch, sums = run.position()
     rng = gather_objects(checkpoint.rng_state())  # every rank's, so each resumes its own
     sums = gather_objects(sums) if sums is not None else None
@@ -380,6 +393,7 @@ def save(run: Run, name: str) -> None:
             epoch=epoch, batch=batch, step=run.step, best_top1=run.best,
             elapsed=run.elapsed(), sums=sums, rng=rng, identity=run.identity,
             schedule=schedule(run.cfg, run.dist), skipped_steps=run.guard.skipped,
+            loss_start=run.guard.state(),
             ema=None if run.ema is None else run.ema.module.state_dict(),
             config=run.resolved, selected=run.selected, ring_prune=run.ring_prune,
             provenance=provenance()),
@@ -388,8 +402,14 @@ def save(run: Run, name: str) -> None:
     barrier()
 
 
+def _finite(model: nn.Module) -> bool:
+    return bool(torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all())
+
+
 def evaluate_all(run: Run) -> dict:
-    """Test metrics (val_*), and the held-out part's (heldout_*) when there is one."""
+    """Test metrics (val_*), and the held-out part's (heldout_*) when there is one. A loss
+    that is not finite is divergence: the last update broke the model (the training loss
+    of a step is judged before that step's update)."""
     args = (run.autocast, run.cfg.trainer.limit_batches, run.channels_last, run.show_progress)
     val = evaluate(run.model, run.val_loader, *args)
     if run.ema is not None:
@@ -400,6 +420,11 @@ def evaluate_all(run: Run) -> dict:
     if run.holdout_loader is not None:
         held = evaluate(run.model, run.holdout_loader, *args)
         val.update({k.replace("val_", "heldout_"): v for k, v in held.items()})
+    for key, loss in val.items():  # the same on every rank (all-reduced)
+        if key.endswith("_loss") and not math.isfinite(loss):
+            what = {"val": "test", "ema": "EMA's test", "heldout": "held-out"}[key[:-5]]
+            raise Diverged(run.step, loss, f"the {what} loss was {loss:.4g} after step "
+                           f"{run.step}")
     return val
 
 
@@ -480,12 +505,13 @@ class RunLogger:
         """results.json says what happened; the checkpoints are those of the last good state."""
         t = run.cfg.trainer
         results = dict(status="diverged", diverged_step=bad.step, diverged_loss=bad.loss,
-                       nan_policy=t.nan_policy, max_loss=t.max_loss, steps=run.step,
+                       nan_policy=t.nan_policy, max_loss=t.max_loss,
+                       max_loss_factor=t.max_loss_factor, steps=run.step,
                        epochs=run.epoch, param_report=run.report, model=run.spec,
                        rpg=run.resolved["rpg"], data=run.cfg.data.name, seed=t.seed,
                        wall_time=run.elapsed(), out_dir=str(run.out_dir), **self.record())
         if self.main:
-            (run.out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            (run.out_dir / "results.json").write_text(strict_json(results, indent=2) + "\n")
         self.wandb.summary(dict(diverged_step=bad.step))
         self.wandb.finish()
 
@@ -519,7 +545,7 @@ class RunLogger:
             results["ring_prune"] = ring_prune.results(run.ring_prune)  # fine-tuning
             summary["ring_prune/pruned_top1"] = run.ring_prune["pruned_top1"]
         if self.main:
-            (run.out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            (run.out_dir / "results.json").write_text(strict_json(results, indent=2) + "\n")
             picked = (f", held-out pick {results['selected_top1']:.2f}% (epoch "
                       f"{results['selected_epoch']})" if run.selected else "")
             log.info("final test top-1 %.2f%% (best epoch picked on test: %.2f%%%s); "

@@ -27,8 +27,9 @@ TORCHRUN = $(PYTHON) -m torch.distributed.run --nnodes=$(NODES) --nproc_per_node
   --rdzv_backend=c10d --rdzv_endpoint=$(MASTER_ADDR):$(MASTER_PORT) --rdzv_id=rpg-$@-$$row
 endif
 
-.PHONY: install data train test test-all bench bench-train bench-data gpu-check imagenet-r18 imagenet-r34 cifar10 cifar100 \
-	sweep-fmnist study-dof study-equal-dof study-ablations aggregate-fmnist compress clean
+.PHONY: install data train test test-all bench bench-train bench-data gpu-check imagenet-r18 imagenet-r34 \
+	cifar10 cifar100 sweep-fmnist study-dof study-equal-dof study-ablations aggregate-fmnist \
+	study-capacity aggregate-capacity compress clean
 
 # Debian and Ubuntu ship ensurepip, which venv needs for pip, apart in python3-venv: check it
 # first, so that a failed attempt leaves no half-made .venv behind. pip >= 21.3 installs a
@@ -140,20 +141,48 @@ study-ablations: install data
 sweep-fmnist: study-dof study-equal-dof study-ablations
 	$(MAKE) aggregate-fmnist
 
-# copies each finished point's results.json, config.yaml and metrics.jsonl (not checkpoints)
-# into docs/results/fmnist/runs, and aggregates from there, so the tables can be rebuilt from
-# the repository alone
+# mirrors each point's results.json, config.yaml, metrics.jsonl and failed.txt (not
+# checkpoints) into docs/results/fmnist/runs, and aggregates from there, so the tables can be
+# rebuilt from the repository alone and still name the points that failed or did not finish
 RESULTS = docs/results/fmnist
 aggregate-fmnist: install
-	@for f in $(STUDY_DIR)/*/*/results.json; do [ -e "$$f" ] || continue; d=$${f%/results.json}; \
-	  t=$(RESULTS)/runs/$${d#$(STUDY_DIR)/}; mkdir -p "$$t"; \
-	  cp "$$d/results.json" "$$d/config.yaml" "$$d/metrics.jsonl" "$$t/"; done
+	@[ ! -d $(STUDY_DIR) ] || $(PYTHON) scripts/publish_runs.py $(STUDY_DIR) $(RESULTS)/runs
 	$(PYTHON) scripts/aggregate.py --out $(RESULTS)/dof-and-baselines \
 	  $$(ls -d $(RESULTS)/runs/dof $(RESULTS)/runs/equal-dof 2>/dev/null) \
-	  $(if $(filter wandb,$(LOGGER)),--wandb --wandb-group $(STUDY_DIR)/dof)
+	  $(if $(filter wandb,$(LOGGER)),--wandb)
 	$(PYTHON) scripts/aggregate.py --out $(RESULTS)/ablations \
 	  $$(ls -d $(RESULTS)/runs/ablations \
 	    $(RESULTS)/runs/equal-dof/match.width=0.25,trainer.seed=* 2>/dev/null)
+
+# 5. the capacity-limited study (docs/studies.md): ResNet-20 at width 0.25, whose 16,704
+# generated weights give rings at T/N = 1, 2, 4, 8; at every size RPG, hashing (iid), plain
+# recurrence, RPG with the random-subspace offset and RPG without signs, and the dense
+# width-0.25 model; 4 seeds, the tables' seed following trainer.seed. Seed-major (every arm
+# for seeds 0,1, then for 2,3), so a study stopped half-way still pairs its arms by seed.
+CAPACITY_DIR ?= runs/fmnist-capacity
+CAPACITY_SEEDS ?= 0,1 2,3
+CAPACITY_RINGS ?= 16704,8352,4176,2088
+CAPACITY = $(PYTHON) -m rpg_train -m trainer.resume=auto trainer.progress=false \
+  logger=$(LOGGER) hydra.sweep.dir=$(CAPACITY_DIR) \
+  'hydra.sweep.subdir=$${hydra.job.override_dirname}' model.width=0.25 data.val_split=5000 \
+  trainer.seed=$$seeds $(ARGS)
+study-capacity: install data
+	@set -e; for seeds in $(CAPACITY_SEEDS); do \
+	  $(CAPACITY) rpg.params=$(CAPACITY_RINGS) rpg.sampling=even,iid; \
+	  $(CAPACITY) rpg.params=$(CAPACITY_RINGS) rpg.sampling=plain rpg.sign=false; \
+	  $(CAPACITY) rpg.params=$(CAPACITY_RINGS) rpg.offset=true; \
+	  $(CAPACITY) rpg.params=$(CAPACITY_RINGS) rpg.sign=false; \
+	  $(CAPACITY) rpg=none; \
+	done
+
+# the capacity study's tables, paired intervals, predictions and plots, from the points
+# mirrored into docs/results/fmnist-capacity/runs (as aggregate-fmnist does)
+CAPACITY_RESULTS = docs/results/fmnist-capacity
+aggregate-capacity: install
+	@[ ! -d $(CAPACITY_DIR) ] || $(PYTHON) scripts/publish_runs.py $(CAPACITY_DIR) \
+	  $(CAPACITY_RESULTS)/runs
+	$(PYTHON) scripts/aggregate.py --out $(CAPACITY_RESULTS) $(CAPACITY_RESULTS)/runs \
+	  $(if $(filter wandb,$(LOGGER)),--wandb)
 
 # 4. compressing one trained RPG model and its dense twin (docs/results/compress.md): quantized
 # and pruned rings against the dense weights quantized and pruned; fine-tuning runs resume

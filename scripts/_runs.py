@@ -48,17 +48,82 @@ def method_label(config: dict, results: dict) -> str:
     if scope == "none":
         return "dense" if float(setting(config, results, "model.width", 1.0)) == 1 else "width"
     sampling = setting(config, results, "rpg.sampling", "even")
-    label = "hashing (iid)" if sampling == "iid" else "RPG"
+    label = {"iid": "hashing (iid)", "plain": "plain recurrence"}.get(sampling, "RPG")
     if scope != "network":
         label += f" {scope} scope"
-    if setting(config, results, "rpg.sign", True) is False:
+    # plain recurrence reads the ring without signs: "no sign" would only repeat that
+    if setting(config, results, "rpg.sign", True) is False and sampling != "plain":
         label += " no sign"
+    if setting(config, results, "rpg.offset", False) is True:
+        label += " + subspace offset"
     if sampling == "ring":
         label += " ring sampling"
     if float(setting(config, results, "rpg.prune.amount", 0)):  # ring pruning (rpg.prune)
         tuned = int(setting(config, results, "rpg.prune.finetune_epochs", 0))
         label += " + ring pruning" + ("" if tuned else ", not fine-tuned")
     return label
+
+
+# What makes two runs one configuration: their whole resolved config.yaml except the keys
+# below, which do not change what a finished run measures. Seeds are what a configuration's
+# runs differ in; the rest are paths, logging, resume and the keys hydra.job.config
+# .override_dirname leaves out of a study's directory names for the same reason.
+SEED_KEYS = ("trainer.seed", "rpg.seed")
+IGNORED_KEYS = frozenset({
+    *SEED_KEYS, "out_dir", "data.root", "trainer.resume", "trainer.progress", "trainer.device",
+    "data.num_workers", "data.download",
+    # guards and timers: they stop or checkpoint a run, never change a finished one's numbers
+    "trainer.checkpoint_every_min", "trainer.dist_timeout_s", "trainer.nan_check_every",
+    "trainer.max_loss",
+    "optim.lr_batch",  # folded into the applied learning rate (applied_lr)
+})
+IGNORED_PREFIXES = ("logger.", "hydra.")
+SET_OR_NOT_KEYS = ("prune.init",)  # a path (which seed's dense run): only whether it is set
+# keys added after the first runs: a config.yaml without one ran as this value; any other
+# missing key reads as null ("not set"), as everywhere in this project's configs
+LEGACY = {"model.width": 1.0, "rpg.sampling": "even", "rpg.sign": True, "rpg.offset": False,
+          "rpg.prune.amount": 0.0, "rpg.prune.finetune_epochs": 0, "data.val_split": 0,
+          "data.re_prob": 0.0, "data.mixup": 0.0, "data.cutmix": 0.0, "optim.no_wd_1d": False,
+          "trainer.accumulate": 1, "trainer.sync_bn": False, "trainer.nan_policy": "stop"}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"a.b": value} for every leaf; lists become tuples so that a key can hold them."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def applied_lr(config: dict, results: dict) -> float | None:
+    """The learning rate the run applied. Runs record it (results.json "lr") since optim.lr
+    became a rate per optim.lr_batch images; older runs had no lr_batch and applied optim.lr
+    as it was. So lr 0.1 of an old run and lr 0.2 per 256 at batch 128 compare equal."""
+    if results.get("lr") is not None:
+        return float(results["lr"])
+    lr, per = dig(config, "optim.lr"), dig(config, "optim.lr_batch")
+    if lr is None or per is None:
+        return lr
+    batch = results.get("global_batch") or (dig(config, "data.batch_size", 1)
+                                            * dig(config, "trainer.accumulate", 1))
+    return lr * batch / per
+
+
+def config_key(config: dict, results: dict) -> tuple:
+    """The configuration a run belongs to, as sorted (key, value) pairs; runs with equal keys
+    are seeds of one configuration. Without config.yaml, results.json's model and rpg blocks."""
+    if not config:
+        config = {k: results[k] for k in ("model", "rpg") if isinstance(results.get(k), dict)}
+    flat = LEGACY | flatten(config)
+    for key in SET_OR_NOT_KEYS:
+        flat[key] = True if flat.get(key) is not None else None
+    if "optim.lr" in flat:
+        flat["optim.lr"] = round(applied_lr(config, results), 12)
+    return tuple(sorted((k, v) for k, v in flat.items() if v is not None
+                        and k not in IGNORED_KEYS and not k.startswith(IGNORED_PREFIXES)))
 
 
 @dataclass
@@ -86,6 +151,15 @@ class Run:
     best_top1: float | None
     selected_top1: float | None
     selected_epoch: int | None
+    config: tuple = ()  # config_key: runs with equal ones are seeds of one configuration
+    rpg_seed: int | None = None
+    generated: int | None = None  # weights the rings generate (T); ring is N
+    logger_group: str | None = None  # the W&B group the run logged to (logger.group)
+
+    @property
+    def seeds(self) -> tuple:
+        """What tells the runs of one configuration apart."""
+        return (self.seed, self.rpg_seed)
 
     @property
     def epochs_label(self) -> str:
@@ -139,6 +213,10 @@ def load_run(run_dir: Path) -> Run:
         best_top1=results.get("best_top1"),
         selected_top1=results.get("selected_top1"),
         selected_epoch=results.get("selected_epoch"),
+        config=config_key(config, results),
+        rpg_seed=setting(config, results, "rpg.seed"),
+        generated=report.get("generated"),
+        logger_group=dig(config, "logger.group"),
     )
 
 
@@ -158,47 +236,85 @@ def _skipped(path: Path, root: Path) -> bool:
     return any(p.startswith(".") or p == "wandb" for p in parts)
 
 
-def _finished(results: Path) -> bool:
-    """A results.json of a finished run: not one that says it diverged (status, written
-    since the divergence guard; older files have none and are all finished runs)."""
+MARKER = "failed.txt"  # rpg_train.sweep.MARKER: the job's last attempt failed
+
+
+def why_not_finished(job: Path) -> str | None:
+    """None for a finished run; otherwise why not, in a few words. A failed.txt wins over a
+    results.json (which an earlier attempt may have left); a results.json whose status is not
+    "finished" (a diverged run) is no result; older files have no status and all finished."""
+    if (job / MARKER).is_file():
+        reason = (job / MARKER).read_text().strip().splitlines()
+        return "failed" + (f": {reason[0]}" if reason else "")
+    if not (job / "results.json").is_file():
+        return "no results.json (running, stopped or killed)"
     try:
-        return json.loads(results.read_text()).get("status", "finished") == "finished"
+        status = json.loads((job / "results.json").read_text()).get("status", "finished")
     except (OSError, ValueError, AttributeError):
-        return True  # unreadable: checked_load reports it in one line
+        return None  # unreadable: checked_load reports it in one line
+    return None if status == "finished" else f"status {status}"
 
 
-def find_run_dirs(root: Path) -> tuple[list[Path], list[Path]]:
-    """(finished, unfinished) run directories anywhere under root: finished ones hold the
-    results.json of a finished run; a directory with a config.yaml and no such file is a run
-    that has not finished yet (or died, or diverged), unless it lies inside a finished run."""
-    finished = sorted({p.parent for p in root.rglob("results.json")
-                       if not _skipped(p, root) and _finished(p)})
-    started = {p.parent for p in root.rglob("config.yaml") if not _skipped(p, root)}
-    unfinished = sorted(d for d in started - set(finished)
-                        if not any(f in d.parents for f in finished))
-    return finished, unfinished
+@dataclass
+class Jobs:
+    """The jobs of some sweeps: finished runs, and the others with why they are left out."""
+
+    runs: list[Run]
+    not_finished: list[tuple[Path, str]]
+
+    @property
+    def total(self) -> int:
+        return len(self.runs) + len(self.not_finished)
+
+    def summary(self) -> str | None:
+        """"2 of 20 jobs failed or did not finish (left out): DIR (why); ..."; None if none."""
+        if not self.not_finished:
+            return None
+        return (f"{len(self.not_finished)} of {self.total} jobs failed or did not finish "
+                "(left out): " + "; ".join(f"{d} ({why})" for d, why in self.not_finished))
 
 
-def collect(roots: Iterable[Path], prog: str, arg: str) -> list[Run]:
-    """Every finished run under the given directories. A missing directory, or one without a
-    finished run, is a mistake in the command line: exit with one line naming it. Unfinished
-    runs are left out, and stderr says how many, so a partial sweep is never mistaken for a
-    whole one."""
+def find_jobs(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(finished run dirs, [(other job dir, why)]) anywhere under root. A job dir holds a
+    config.yaml, a results.json or a failed.txt, and does not lie inside a finished run."""
+    jobs = {p.parent for name in ("results.json", "config.yaml", MARKER)
+            for p in root.rglob(name) if not _skipped(p, root)}
+    why = {d: why_not_finished(d) for d in jobs}
+    finished = sorted(d for d in jobs if why[d] is None)
+    others = [(d, why[d]) for d in sorted(jobs) if why[d] is not None
+              and not any(f in d.parents for f in finished)]
+    return finished, others
+
+
+def collect_jobs(roots: Iterable[Path], prog: str, arg: str) -> Jobs:
+    """Every job under the given directories. A missing directory, or one without a finished
+    run, is a mistake in the command line: exit with one line naming it. Jobs that failed or
+    did not finish are kept aside with the reason, and stderr lists them, so a partial sweep
+    is never mistaken for a whole one."""
     runs: dict[Path, Run] = {}
+    others: dict[Path, tuple[Path, str]] = {}
     for root in roots:
         if not root.is_dir():
             sys.exit(f"{prog}: error: {arg} {str(root)!r} does not exist (or is not a directory)")
-        finished, unfinished = find_run_dirs(root)
-        if unfinished:
-            print(f"{prog}: skipped {len(unfinished)} unfinished run dir(s) (no results.json of a finished run) "
-                  f"under {root}: " + ", ".join(str(d) for d in unfinished), file=sys.stderr)
+        finished, not_finished = find_jobs(root)
+        for d, why in not_finished:
+            others.setdefault(d.resolve(), (d, why))
+        if not_finished:
+            print(f"{prog}: left out {len(not_finished)} job(s) under {root} that failed or did "
+                  "not finish: " + "; ".join(f"{d} ({why})" for d, why in not_finished),
+                  file=sys.stderr)
         if not finished:
             sys.exit(f"{prog}: error: {arg} {str(root)!r} holds no finished run "
-                     "(no results.json under it)")
+                     "(no results.json of a finished run under it)")
         for d in finished:  # a run named twice (nested arguments) counts once
             if d.resolve() not in runs:
                 runs[d.resolve()] = checked_load(d, prog)
-    return list(runs.values())
+    return Jobs(list(runs.values()), list(others.values()))
+
+
+def collect(roots: Iterable[Path], prog: str, arg: str) -> list[Run]:
+    """The finished runs of collect_jobs."""
+    return collect_jobs(roots, prog, arg).runs
 
 
 def mean(values: Iterable[float | None]) -> float | None:
@@ -214,12 +330,25 @@ def std(values: list[float]) -> float | None:
 
 @dataclass
 class Group:
-    """The seeds of one configuration: same model, method and trainable count."""
+    """The seeds of one configuration: same model, method and trainable count, and the same
+    config_key (config). `setting` names the keys that tell it from a group with the same
+    model, method and trainable count, if any ("" when none does)."""
 
     model: str
     method: str
     trainable: int
     runs: list[Run]
+    config: tuple = ()
+    setting: str = ""
+
+    @property
+    def label(self) -> str:
+        """The method, and the telling keys where two groups would read the same."""
+        return self.method + (f" [{self.setting}]" if self.setting else "")
+
+    @property
+    def generated(self) -> int | None:
+        return self.runs[0].generated
 
     @property
     def n(self) -> int:
@@ -280,14 +409,44 @@ def group_runs(runs: Iterable[Run], key=lambda r: (r.model, r.method, r.trainabl
 def table_order(run: Run) -> tuple:
     """Model, method, trainable, seed: the order of every summary table. Methods compare
     without case, so "RPG" sorts among the others instead of before "dense"."""
-    return (run.model, run.method.lower(), run.method, run.trainable,
+    return (run.model, run.method.lower(), run.method, run.trainable, repr(run.config),
             run.seed is None, run.seed or 0, str(run.dir))
 
 
-def seed_groups(runs: Iterable[Run]) -> list[Group]:
-    """One group per (model, method, trainable), in table order, seeds in order inside."""
-    groups = group_runs(sorted(runs, key=table_order))
-    return [Group(*key, runs=members) for key, members in groups.items()]
+def fmt_value(value: Any) -> str:
+    return str(list(value) if isinstance(value, tuple) else value)
+
+
+def telling_keys(groups: list[Group]) -> None:
+    """Sets each group's `setting`: among groups of one model, method and trainable count,
+    the config keys whose values differ between them, as "key=value, ..."."""
+    for same in group_runs(groups, key=lambda g: (g.model, g.method, g.trainable)).values():
+        if len(same) < 2:
+            continue
+        configs = [dict(g.config) for g in same]
+        keys = sorted({k for c in configs for k in c
+                       if len({fmt_value(d.get(k)) for d in configs}) > 1})
+        for g, c in zip(same, configs):
+            g.setting = ", ".join(f"{k}={fmt_value(c.get(k))}" for k in keys)
+
+
+def seed_groups(runs: Iterable[Run], prog: str = "aggregate.py") -> list[Group]:
+    """One group per configuration (model, method, trainable and config_key), in table order,
+    seeds in order inside. Two runs of one configuration with the same seeds are an error
+    naming both: averaging them would count one measurement twice as two seeds."""
+    groups = group_runs(sorted(runs, key=table_order),
+                        key=lambda r: (r.model, r.method, r.trainable, r.config))
+    for members in groups.values():
+        seen: dict[tuple, Run] = {}
+        for run in members:
+            if run.seeds in seen:
+                sys.exit(f"{prog}: error: {seen[run.seeds].dir} and {run.dir} are the same "
+                         f"configuration with the same seed (trainer.seed={run.seed}, "
+                         f"rpg.seed={run.rpg_seed}); give one of them")
+            seen[run.seeds] = run
+    result = [Group(*key[:3], runs=members, config=key[3]) for key, members in groups.items()]
+    telling_keys(result)
+    return result
 
 
 def fmt(value: float | None, digits: int = 2) -> str:

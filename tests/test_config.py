@@ -8,14 +8,14 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from rpg_train.config import Config, ConfigError, choices, validate
+from rpg_train.config import Config, ConfigError, choices, numeric_keys, validate
 from rpg_train.data import DATASETS
 from rpg_train.engine.amp import AMP, amp_dtype
 from rpg_train.engine.build import build_model
 from rpg_train.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, lr_factor
 from rpg_train.errors import UserError
-from rpg_train.models import create_model
-from rpg_train.rpg import SAMPLINGS, SCOPES
+from rpg_train.models import create_model, smallest_input
+from rpg_train.rpg import SAMPLINGS, SCOPES, param_report
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # conf/hydra holds Hydra's own options (the SLURM launcher), not the run's
@@ -48,7 +48,7 @@ DEFAULT_RUN = {
     "model": dict(name="resnet20", num_classes=None, in_chans=None, small_input=None,
                   width=1.0, kwargs={}),
     "rpg": dict(scope="network", params=25000, seed=0, sampling="even", sign=True,
-                share_stem=False, share_head=False,
+                offset=False, share_stem=False, share_head=False,
                 prune=dict(amount=0.0, finetune_epochs=0, lr=None)),
     "data": dict(name="fashion_mnist", root=None, batch_size=128, eval_batch_size=512,
                  num_workers=8, download=True, augment=False, val_split=0, auto_augment=None,
@@ -63,8 +63,8 @@ DEFAULT_RUN = {
                     limit_batches=0, resume=None, progress=True, accumulate=1, sync_bn=False, ema_decay=None,
                     checkpoint_every_min=30.0,
                     dist_timeout_s=600.0, nan_policy="stop", max_loss=None,
-                    nan_check_every=50),
-    "logger": dict(name="none", project="rpg-train", entity=None, mode="auto", group=None,
+                    nan_check_every=50, log_every_s=60.0),
+    "logger": dict(name="none", project=None, entity=None, mode="auto", group=None,
                    run_name=None, tags=[]),
     # the equal-DoF baselines, off by default
     "match": dict(width=None, model=None),
@@ -73,8 +73,19 @@ DEFAULT_RUN = {
 
 
 def test_the_default_run_is_unchanged(compose_cfg):
-    cfg = OmegaConf.to_container(compose_cfg())
+    # resolved: rpg.seed is ${trainer.seed}, 0 by default as it was before
+    cfg = OmegaConf.to_container(compose_cfg(), resolve=True)
     assert {k: v for k, v in cfg.items() if k != "out_dir"} == DEFAULT_RUN
+
+
+@pytest.mark.parametrize("overrides,seed", [([], 0), (["trainer.seed=3"], 3),
+                                            (["trainer.seed=3", "rpg.seed=7"], 7),
+                                            (["rpg.seed=7"], 7)])
+def test_the_tables_seed_follows_the_run_seed_unless_given(compose_cfg, overrides, seed):
+    cfg = compose_cfg(overrides)
+    assert cfg.rpg.seed == seed and type(cfg.rpg.seed) is int
+    model, _, _ = build_model(cfg, INFO)
+    assert model.rpg_spec["seed"] == seed
 
 
 def test_trainer_gpu_is_a_hardware_profile_and_experiments_set_epochs(compose_cfg):
@@ -134,7 +145,7 @@ def test_unknown_group_option_lists_choices(compose_cfg):
     ("data.name=svhn", "data.name='svhn' is not valid; choose one of: fashion_mnist, mnist, "
                        "cifar10, cifar100, imagenet, synthetic"),
     ("rpg.scope=global", "rpg.scope='global' is not valid; choose one of: network, stage"),
-    ("rpg.sampling=hash", "rpg.sampling='hash' is not valid; choose one of: even, ring, iid"),
+    ("rpg.sampling=hash", "rpg.sampling='hash' is not valid; choose one of: even, ring, iid, plain"),
     ("optim.name=lamb", "optim.name='lamb' is not valid; choose one of: sgd, adamw"),
     ("sched.name=poly", "sched.name='poly' is not valid; choose one of: cosine, step, exp, "
                         "constant"),
@@ -201,6 +212,18 @@ def test_rpg_params_fraction_is_a_share_of_the_generated_weights(compose_cfg):
     assert model.rpg_spec["params"] == round(0.05 * 267264)  # ResNet-20 generates 267264
 
 
+def test_rpg_params_may_be_the_generated_count_and_not_the_fraction_one(compose_cfg):
+    """ResNet-20 at width 0.25 generates 16704 weights: a ring of 16704 is T/N = 1; 1.0 is
+    refused with the count to give instead (Hydra reads `rpg.params=1` as 1.0 too)."""
+    model, _, _ = build_model(compose_cfg(["model.width=0.25", "rpg.params=16704"]), INFO)
+    assert model.rpg_spec["params"] == 16704 == param_report(model)["generated"]
+    for given in ("1", "1.0"):
+        with pytest.raises(UserError) as info:
+            build_model(compose_cfg(["model.width=0.25", f"rpg.params={given}"]), INFO)
+        assert str(info.value) == ("rpg.params=1.0 is ambiguous (a fraction is in (0, 1)); "
+                                   "give the exact count 16704 for a ring as large as the layers")
+
+
 @pytest.mark.parametrize("override,message", [
     ("+model.kwargs.nope=1", "model.kwargs={'nope': 1} do not fit resnet20: "),
     ("+model.kwargs.norm=layer", "model.kwargs.norm='layer' is not one of: batch, group"),
@@ -211,3 +234,112 @@ def test_model_errors_are_keyed_under_model(compose_cfg, override, message):
     with pytest.raises(UserError) as info:
         build_model(compose_cfg([override]), INFO)
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------- every value, checked first
+# NaN passes every `x < 0` test: each numeric key is checked against the interval declared
+# next to its field (config.within), finite values only
+
+
+def test_every_numeric_key_declares_its_interval():
+    """A new int or float key without `within` (or a named checker) fails here."""
+    undeclared = [k for k, (meta, _) in numeric_keys().items()
+                  if "interval" not in meta and "checked_by" not in meta]
+    assert undeclared == []
+    assert {k for k, (meta, _) in numeric_keys().items() if "checked_by" in meta} == {
+        "rpg.params", "prune.params"}  # apply_rpg and prune_to read them (ring_size)
+    assert {"optim.lr", "optim.betas", "rpg.prune.lr", "trainer.seed"} <= set(numeric_keys())
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.lr=nan", "optim.lr=nan must be finite and positive"),
+    ("optim.lr=inf", "optim.lr=inf must be finite and positive"),
+    ("optim.momentum=-1", "optim.momentum=-1.0 must be in [0, 1)"),
+    ("optim.momentum=1.5", "optim.momentum=1.5 must be in [0, 1)"),
+    ("optim.momentum=nan", "optim.momentum=nan must be finite and in [0, 1)"),
+    ("optim.betas=[0.9,1.0]", "optim.betas=[0.9, 1.0] must be 2 numbers, each in [0, 1)"),
+    ("optim.betas=[-0.1,0.9]", "optim.betas=[-0.1, 0.9] must be 2 numbers, each in [0, 1)"),
+    ("optim.betas=[0.9,nan]", "optim.betas=[0.9, nan] must be 2 numbers, each in [0, 1)"),
+    ("optim.betas=[0.9]", "optim.betas=[0.9] must be 2 numbers, each in [0, 1)"),
+    ("data.mixup=nan", "data.mixup=nan must be finite and not negative"),
+    ("trainer.dist_timeout_s=nan", "trainer.dist_timeout_s=nan must be finite and positive"),
+    ("trainer.grad_clip=nan", "trainer.grad_clip=nan must be finite and not negative"),
+    ("trainer.checkpoint_every_min=nan",
+     "trainer.checkpoint_every_min=nan must be finite and not negative"),
+    ("sched.gamma=-0.1", "sched.gamma=-0.1 must be positive"),
+    ("sched.gamma=nan", "sched.gamma=nan must be finite and positive"),
+    ("sched.warmup_start=-0.1", "sched.warmup_start=-0.1 must be in [0, 1]"),
+    ("sched.warmup_start=nan", "sched.warmup_start=nan must be finite and in [0, 1]"),
+    ("trainer.ema_decay=nan", "trainer.ema_decay=nan must be finite and in (0, 1) (or null)"),
+    ("trainer.label_smoothing=nan", "trainer.label_smoothing=nan must be finite and in [0, 1)"),
+    ("model.width=nan", "model.width=nan must be finite and a positive multiplier"),
+    ("rpg.prune.lr=nan", "rpg.prune.lr=nan must be finite and positive (or null: optim.lr / 10)"),
+    ("model.num_classes=0", "model.num_classes=0 must be at least 1 (or null)"),
+    ("data.image_size=0", "data.image_size=0 must be at least 1"),
+    ("data.in_chans=0", "data.in_chans=0 must be at least 1"),
+    ("data.num_classes=0", "data.num_classes=0 must be at least 1"),
+])
+def test_numeric_values_are_finite_and_in_range(compose_cfg, override, message):
+    data = ["data=synthetic"] if override.startswith("data.") else []
+    with pytest.raises(UserError) as info:
+        validate(compose_cfg([*data, override, "optim=adamw"]))
+    assert str(info.value) == message and info.value.key == override.split("=")[0]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["optim.nesterov=true", "optim.momentum=0"],
+     "optim.nesterov=True needs optim.momentum above 0 (it is a kind of momentum)"),
+    (["trainer.device=mps"], "trainer.device='mps' is not available here (this torch has no "
+                             "MPS backend or no Apple GPU); use auto or cpu"),
+    (["model.num_classes=9"], "model.num_classes=9 is below the 10 classes of "
+                              "data.name=fashion_mnist (null: the dataset's)"),
+    (["data=synthetic", "data.num_classes=7", "model.num_classes=5"],
+     "model.num_classes=5 is below the 7 classes of data.name=synthetic (null: the dataset's)"),
+    (["model.in_chans=3"], "model.in_chans=3 does not match the 1 image channel(s) of "
+                           "data.name=fashion_mnist (null: the dataset's)"),
+    (["data=cifar100", "model.num_classes=10"], "model.num_classes=10 is below the 100 "
+                                                "classes of data.name=cifar100"),
+])
+def test_settings_that_contradict_each_other_or_the_data(compose_cfg, overrides, message):
+    if "trainer.device=mps" in overrides and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    with pytest.raises(UserError) as info:
+        validate(compose_cfg(overrides))
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_more_classes_than_the_data_and_the_data_s_own_channels_are_fine(compose_cfg):
+    validate(compose_cfg(["model.num_classes=12", "model.in_chans=1"]))
+    validate(compose_cfg(["data=synthetic", "data.in_chans=2", "data.image_size=3",
+                          "model.in_chans=2"]))
+
+
+@pytest.mark.parametrize("data,size", [([], 28), (["data=synthetic", "data.image_size=20"], 20)])
+def test_a_backbone_too_large_for_the_images_names_the_smallest_size(compose_cfg, data, size):
+    """ConvNeXt's stem and three stride-2 stages need 32 px: on 28 px Fashion-MNIST it would
+    fail inside its forward."""
+    cfg = compose_cfg(["model=timm", "model.name=timm:convnext_atto", *data])
+    with pytest.raises(UserError) as info:
+        validate(cfg)
+    name = cfg.data.name
+    assert str(info.value) == (f"model.name='timm:convnext_atto' cannot take the {size} px "
+                               f"images of data.name={name}: the smallest size it takes is 32 "
+                               "px; choose another model or larger images")
+    validate(compose_cfg(["model=timm", "model.name=timm:convnext_atto", "data=synthetic",
+                          "data.image_size=32"]))
+    model = create_model("timm:convnext_atto", 10, 1)
+    with pytest.raises(RuntimeError):  # what the check spares the user
+        model(torch.zeros(1, 1, 31, 31))
+    assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 10)
+
+
+def test_a_vit_is_refused_at_any_size_but_its_own(compose_cfg):
+    with pytest.raises(UserError, match=r"the smallest size it takes is 224 px"):
+        validate(compose_cfg(["model=timm", "model.name=timm:vit_tiny_patch16_224"]))
+
+
+def test_smallest_input_searches_only_when_the_size_fails():
+    spec = dict(name="resnet20", num_classes=10, in_chans=1, small_input=True)
+    assert smallest_input(spec, 1) is None  # global pooling takes any size
+    assert smallest_input(dict(spec, name="timm:convnext_atto"), 28) == 32
+    assert smallest_input(dict(spec, name="timm:convnext_atto"), 5) == 32

@@ -82,6 +82,22 @@ def test_two_epochs_equal_one_then_resume(quick_cfg, tmp_path):
     assert _strip(map(json.loads, rows[0])) == _strip(map(json.loads, rows[1]))
 
 
+def test_the_tables_seed_is_the_run_seed_in_the_outputs_and_on_resume(quick_cfg, tmp_path):
+    """rpg.seed defaults to ${trainer.seed}: written resolved (an int), the same on resume;
+    a resume under another trainer.seed draws other tables and is refused."""
+    train(quick_cfg("trainer.seed=4", "trainer.epochs=2", "trainer.max_steps=4"))
+    out = tmp_path / "run"
+    assert json.loads((out / "results.json").read_text())["rpg"]["seed"] == 4
+    assert "  seed: 4\n" in (out / "config.yaml").read_text().split("\ndata:")[0]
+    assert _state(out / "last.pt")["identity"]["rpg"]["seed"] == 4
+    resumed = train(quick_cfg("trainer.seed=4", "trainer.epochs=2", "trainer.resume=auto"))
+    assert resumed["steps"] == 8 and resumed["rpg"]["seed"] == 4
+    with pytest.raises(UserError, match=r"is a checkpoint of a different rpg .*'seed': 4.* != "
+                                        r"this run's .*'seed': 5"):
+        train(quick_cfg("trainer.seed=5", "trainer.epochs=2", f"trainer.resume={out / 'last.pt'}",
+                        out="other"))
+
+
 def test_resume_refuses_other_model_ring_and_non_checkpoints(quick_cfg, tmp_path):
     train(quick_cfg())
     last = tmp_path / "run" / "last.pt"

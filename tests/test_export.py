@@ -64,6 +64,18 @@ def test_a_ring_pruned_run_exports_a_sparse_compact_file(tmp_path, quick_cfg):
     assert int(sum((r.weight == 0).sum() for r in rings_of(model))) == 1500
 
 
+def test_an_offset_run_exports_and_its_checkpoint_holds_no_theta0(tmp_path, quick_cfg):
+    train(quick_cfg("trainer.max_steps=2", "rpg.offset=true"))
+    last = tmp_path / "run" / "last.pt"
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert state["identity"]["rpg"]["offset"] is True
+    assert state["model"]["rpg_rings.network.weight"].numel() == 2000  # QUICK's ring
+    assert sum(v.numel() for v in state["model"].values()) < 20_000  # no theta0 (267,264)
+    for fmt in ("compact", "dense", "onnx"):
+        r = export(last, fmt, tmp_path / f"m.{fmt}")
+        assert r["max_abs_err"] <= 1e-5, fmt
+
+
 @pytest.mark.parametrize("bits, block", [(8, None), (4, 64)])
 def test_a_quantized_compact_export_is_the_quantized_model(trained, tmp_path, bits, block):
     from rpg_train.rpg import quantize_ring

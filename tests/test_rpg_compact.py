@@ -23,7 +23,8 @@ def _trained(name="resnet20", **kw):
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(sampling="iid", sign=False, seed=5),
-                                dict(scope="network", share_stem=True, share_head=True)])
+                                dict(scope="network", share_stem=True, share_head=True),
+                                dict(sampling="plain", sign=False), dict(sampling="plain")])
 def test_compact_round_trip_is_bit_exact_and_small(tmp_path, kw):
     model = _trained(**kw)
     path = tmp_path / "m.safetensors"
@@ -95,7 +96,9 @@ GENERATED_R20 = sum(p.numel() for n, p in _r20().named_parameters()
     ("abc", r"params='abc' is not a ring size; give an integer"),
     (True, r"params=True is not a ring size"),
     (float("nan"), r"params=nan is neither an integer nor a fraction"),
-    (GENERATED_R20, rf"params={GENERATED_R20} is out of range.*\[1, {GENERATED_R20 - 1}\]"),
+    (GENERATED_R20 + 1, rf"params={GENERATED_R20 + 1} is out of range.*\[1, {GENERATED_R20}\]"),
+    (1.0, rf"^params=1.0 is ambiguous \(a fraction is in \(0, 1\)\); give the exact count "
+          rf"{GENERATED_R20} for a ring as large as the layers$"),
 ])
 def test_bad_params(params, match):
     with pytest.raises(UserError, match=match):
@@ -106,6 +109,17 @@ def test_integral_float_params_are_accepted():
     assert param_report(apply_rpg(_r20(), "network", 1e4))["ring"] == 10_000
 
 
+def test_a_ring_as_large_as_the_layers_is_allowed():
+    """params = T (T/N = 1): with even sampling every entry is read exactly once."""
+    for scope in ("network", "stage"):
+        model = apply_rpg(_r20(), scope, GENERATED_R20)
+        rep = param_report(model)
+        assert rep["ring"] == rep["generated"] == GENERATED_R20
+        counts = sum(torch.bincount((r.index % r.weight.numel()).long()).tolist().count(1)
+                     for r in model.rpg_rings.values())
+        assert counts == GENERATED_R20
+
+
 def test_local_ring_with_zero_entries():
     with pytest.raises(UserError, match=r"params=3 leaves the layer ring .* with 0 entries; "
                                          r"scope='layer' needs params >= \d+"):
@@ -114,7 +128,7 @@ def test_local_ring_with_zero_entries():
 
 @pytest.mark.parametrize("kw,match", [
     (dict(scope="global", params=10), r"scope='global' is not valid; choose one of: network, stage, block, layer, none"),
-    (dict(scope="network", params=10, sampling="hash"), r"sampling='hash' is not valid; choose one of: even, ring, iid"),
+    (dict(scope="network", params=10, sampling="hash"), r"sampling='hash' is not valid; choose one of: even, ring, iid, plain$"),
 ])
 def test_unknown_scope_and_sampling(kw, match):
     with pytest.raises(UserError, match=match):

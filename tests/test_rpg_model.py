@@ -32,9 +32,10 @@ def _tiny():
                          nn.Conv2d(6, 5, 1, bias=True), nn.Flatten(), nn.Linear(5 * 16, 3))
 
 
-@pytest.mark.parametrize("sampling", ["even", "ring", "iid"])
-def test_ring_gradient_equals_dense_reference(sampling):
-    model = apply_rpg(_tiny(), "network", 37, sampling=sampling, share_stem=True,
+@pytest.mark.parametrize("sampling,sign", [("even", True), ("ring", True), ("iid", True),
+                                           ("plain", False), ("plain", True)])
+def test_ring_gradient_equals_dense_reference(sampling, sign):
+    model = apply_rpg(_tiny(), "network", 37, sampling=sampling, sign=sign, share_stem=True,
                       share_head=True)
     ring = rings_of(model)[0]
     n, total = ring.weight.numel(), ring.generated
@@ -56,6 +57,27 @@ def test_ring_gradient_equals_dense_reference(sampling):
     by_gather = sum(grad_inverse(ring.inverse(i), gi, n, ring.scales[i])
                     for i, gi in enumerate(g.split(ring.sizes)))
     torch.testing.assert_close(by_gather, R.T @ g, rtol=1e-5, atol=1e-5)
+
+
+def test_plain_recurrence_without_signs_gives_equal_shapes_identical_weights():
+    """rpg.sampling=plain rpg.sign=false: layers of equal shape have equal fan-outs, so equal
+    multipliers, and read the same entries: identical weights. With signs they differ."""
+    model = apply_rpg(create_model("resnet20", 10), "network", 1000, sampling="plain",
+                      sign=False)
+    modules = dict(model.named_modules())
+    by_shape = {}
+    for path in rings_of(model)[0].paths:
+        by_shape.setdefault(tuple(modules[path].weight.shape), []).append(modules[path].weight)
+    assert sorted(len(v) for v in by_shape.values()) == [1, 1, 5, 5, 6]
+    for weights in by_shape.values():
+        assert all(torch.equal(w, weights[0]) for w in weights)
+    # a larger layer tiles the ring: its first 1000 weights repeat at 1000..1999
+    big = by_shape[(64, 64, 3, 3)][0].flatten() / rings_of(model)[0].scales[-1]
+    assert torch.equal(big[:1000], rings_of(model)[0].weight.detach())
+    assert torch.equal(big[1000:2000], big[:1000])
+    signed = apply_rpg(create_model("resnet20", 10), "network", 1000, sampling="plain")
+    first, second = signed.layer1[0].conv1.weight, signed.layer1[0].conv2.weight
+    assert torch.equal(first.abs(), second.abs()) and not torch.equal(first, second)
 
 
 def test_backward_is_bitwise_deterministic():
@@ -115,7 +137,8 @@ def test_param_report_dense_and_rpg(name, dense):
 
 
 @pytest.mark.parametrize("kw", [dict(scope="network"), dict(scope="block", sampling="ring"),
-                                dict(scope="layer", share_stem=True, share_head=True)])
+                                dict(scope="layer", share_stem=True, share_head=True),
+                                dict(scope="network", sampling="plain", sign=False)])
 def test_materialize_matches_outputs_and_torchvision_keys(kw):
     model = apply_rpg(create_model("resnet18", 10), params=20000, **kw)
     model(torch.randn(4, 3, 32, 32)).sum().backward()  # BN stats move, caches hold graphs
@@ -190,7 +213,7 @@ def test_the_whole_model_pickles_and_round_trips():
     assert rings_of(loaded)[0].weight is not rings_of(model)[0].weight
 
 
-@pytest.mark.parametrize("sampling", ["even", "ring", "iid"])
+@pytest.mark.parametrize("sampling", ["even", "ring", "iid", "plain"])
 def test_inverse_blocks_list_every_position_once_without_padding(sampling):
     model = apply_rpg(create_model("resnet20", 10), "network", 1000, sampling=sampling)
     ring = rings_of(model)[0]

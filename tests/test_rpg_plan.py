@@ -46,6 +46,17 @@ def test_iid_sampling_and_signs():
     assert int(unsigned.max()) < 100
 
 
+def test_plain_sampling_reads_the_ring_in_order_from_its_first_entry_per_layer():
+    sizes, n = [5, 3, 9], 4
+    unsigned = draw_index(sizes, n, "plain", False, torch.Generator().manual_seed(0))
+    assert unsigned.tolist() == [0, 1, 2, 3, 0] + [0, 1, 2] + [0, 1, 2, 3, 0, 1, 2, 3, 0]
+    # signs are rpg.sign's: the same entries, each with its own drawn sign
+    signed = [draw_index(sizes, n, "plain", True, torch.Generator().manual_seed(s))
+              for s in (0, 0, 1)]
+    assert torch.equal(signed[0] % n, unsigned) and torch.equal(signed[0], signed[1])
+    assert not torch.equal(signed[0], signed[2]) and bool((signed[0] >= n).any())
+
+
 @pytest.mark.parametrize("scope", ["network", "stage", "block", "layer"])
 def test_every_scope_has_even_rings_summing_to_params(scope):
     model = apply_rpg(create_model("resnet20", 10), scope, 20000)

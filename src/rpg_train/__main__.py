@@ -30,16 +30,16 @@ def main(cfg: DictConfig) -> float | None:
     multirun = hc.mode == RunMode.MULTIRUN
     with open_dict(cfg):
         cfg.out_dir = hc.runtime.output_dir
-        if multirun and cfg.logger.group is None:
+        if multirun and cfg.logger.group is None and not os.environ.get("WANDB_RUN_GROUP"):
             cfg.logger.group = str(hc.sweep.dir)  # one W&B group per sweep
     if multirun:
         sweep.clear(cfg.out_dir)
     try:
         results = train(cfg)
-    except UserError as err:  # bad input: one line; anything else is a bug with a traceback
-        log.error("error: %s", str(err).splitlines()[0])
+    except UserError as err:  # bad input: no traceback (anything else is a bug and keeps it)
+        log.error("error: %s", err)  # all of it: a cause quoted over lines ends in the hint
         if multirun:
-            sweep.mark(cfg.out_dir, "bad input: " + str(err).splitlines()[0])
+            sweep.mark(cfg.out_dir, f"bad input: {err}")
             return None  # let the sweep's other jobs run
         sys.exit(2)
     except Interrupted as stop:
@@ -75,6 +75,11 @@ def register_launchers() -> None:
 def cli() -> None:
     """The command line. A process of rank > 0 under torchrun composes the same config but
     lets Hydra write nothing: it trains in rank 0's run directory (see engine.train)."""
+    if "--version" in sys.argv[1:]:  # the package's version, not Hydra's
+        from . import __version__
+
+        print(f"rpg-train {__version__}")
+        sys.exit(0)
     if int(os.environ.get("RANK", "0")) > 0:
         sys.argv += QUIET + ["hydra.run.dir=."]
     launcher = next((a.split("=", 1)[1] for a in sys.argv[1:]
@@ -87,8 +92,8 @@ def cli() -> None:
         sys.exit(2)
     main()
     if sweep.FAILED:  # the sweep went on past them; its exit status says they failed
-        print(f"error: {len(sweep.FAILED)} job(s) of the sweep failed: "
-              + "; ".join(sweep.FAILED), file=sys.stderr)
+        print(f"error: {len(sweep.FAILED)} job(s) of the sweep failed: "  # a line each
+              + "; ".join(f.splitlines()[0] for f in sweep.FAILED), file=sys.stderr)
         sys.exit(1)
 
 

@@ -5,26 +5,41 @@ The schema holds every default; the YAML files in conf/ only change what their o
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import II, OmegaConf
 
 from .errors import UserError
 
 ConfigError = UserError  # the old name: a bad config value is a user error like any other
 
 
+def within(default, interval: str, *, says: str = "", null: str = "", length: int = 0):
+    """A numeric field and the interval its values must lie in, "[0, 1)", "(0, inf)", ...,
+    checked by `validate` for every such field (each entry of a list; NaN lies in none).
+    `says` words the message instead of the interval; `null` says what a null value means;
+    `length` is a list's."""
+    meta = dict(interval=interval, says=says, null=null, length=length)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class ModelConfig:
     name: str = "resnet20"  # a key of models.MODELS, or timm:<name>
-    num_classes: Optional[int] = None  # null: from the dataset
-    in_chans: Optional[int] = None  # null: from the dataset
+    num_classes: Optional[int] = within(None, "[1, inf)")  # null: from the dataset
+    in_chans: Optional[int] = within(None, "[1, inf)")  # null: from the dataset
     small_input: Optional[bool] = None  # null: from the dataset (CIFAR stem for small images)
-    width: float = 1.0  # channel multiplier (torchvision and CIFAR ResNets): the width baseline
+    # channel multiplier (torchvision and CIFAR ResNets): the width baseline
+    width: float = within(1.0, "(0, inf)", says="a positive multiplier")
     kwargs: Dict[str, Any] = field(default_factory=dict)  # more create_model arguments
 
 
@@ -36,9 +51,9 @@ class RingPruneConfig:
     the fine-tuning's optim.lr (per optim.lr_batch images; null: optim.lr / 10), on the
     sched.name schedule without warm-up. A trained run is pruned by resuming it with these
     keys set (trainer.resume=PATH/last.pt)."""
-    amount: float = 0.0  # in [0, 1); 0 = off
-    finetune_epochs: int = 0
-    lr: Optional[float] = None
+    amount: float = within(0.0, "[0, 1)")  # 0 = off
+    finetune_epochs: int = within(0, "[0, inf)")
+    lr: Optional[float] = within(None, "(0, inf)", null="optim.lr / 10")
 
 
 @dataclass
@@ -46,10 +61,15 @@ class RPGConfig:
     scope: str = "network"  # rpg.SCOPES: network | stage | block | layer | none
     # total ring size: an integer (float, so 1e5 works on the command line) or a fraction
     # in (0, 1) of the weights the rings generate; apply_rpg checks it
-    params: float = 25000
-    seed: int = 0  # seeds the index and sign tables
-    sampling: str = "even"  # rpg.SAMPLINGS: even | ring | iid
+    params: float = field(default=25000, metadata=dict(checked_by="apply_rpg"))
+    # seeds the index and sign tables; by default the run's seed, so a sweep over
+    # trainer.seed redraws the tables too (runs before this default used 0)
+    seed: int = within(II("trainer.seed"), "(-inf, inf)")
+    sampling: str = "even"  # rpg.SAMPLINGS: even | ring | iid | plain
     sign: bool = True
+    # a frozen random theta0 (each layer's Kaiming init, from rpg.seed) added to the generated
+    # weights, the ring starting at 0: Li et al.'s random subspace; one float per weight
+    offset: bool = False
     share_stem: bool = False
     share_head: bool = False
     prune: RingPruneConfig = field(default_factory=RingPruneConfig)
@@ -60,7 +80,7 @@ class MatchConfig:
     """Equal-DoF baselines: with `width` set, the RPG ring (or the pruning target) is solved
     so the trainable count equals that of the dense `model` (null: model.name) at channel
     multiplier `width`; rpg.params (prune.params) is then ignored."""
-    width: Optional[float] = None
+    width: Optional[float] = within(None, "(0, inf)", says="a positive multiplier")
     model: Optional[str] = None
 
 
@@ -69,35 +89,36 @@ class PruneConfig:
     """The pruning baseline: a trained dense checkpoint, globally magnitude-pruned over the
     weights RPG would generate, then fine-tuned for trainer.epochs (needs rpg=none)."""
     init: Optional[str] = None  # the trained dense model's checkpoint; null = no pruning
-    params: Optional[float] = None  # non-zero weights kept (int or fraction); or match.width
+    # non-zero weights kept (int or fraction); or match.width
+    params: Optional[float] = field(default=None, metadata=dict(checked_by="prune_to"))
 
 
 @dataclass
 class DataConfig:
     name: str = "fashion_mnist"  # data.DATASETS
     root: Optional[str] = None  # null: ./data/<name>
-    batch_size: int = 128  # per process
-    eval_batch_size: int = 512
-    num_workers: int = 8  # ImageNet only; small datasets live on the device
+    batch_size: int = within(128, "[1, inf)")  # per process
+    eval_batch_size: int = within(512, "[1, inf)")
+    num_workers: int = within(8, "[0, inf)")  # ImageNet only; small datasets live on the device
     download: bool = True
     augment: bool = True
     # held-out training samples to pick the best epoch on (results' selected_top1), so the
     # test set is not used for model selection; 0 = none (best_top1 is then picked on test)
-    val_split: int = 0
+    val_split: int = within(0, "[0, inf)")
     # the modern recipe's parts, from timm (all off: the authors' recipe). ImageNet only:
     # auto_augment, a timm policy (rand-m9-mstd0.5-inc1 = RandAugment, augmix-m5-w4-d2, v0 =
     # AutoAugment) or trivial (TrivialAugmentWide); re_prob, random erasing per image. Any
     # dataset: mixup / cutmix, their Beta alphas (timm's Mixup; 0 = off; soft-target loss)
     auto_augment: Optional[str] = None
-    re_prob: float = 0.0
-    mixup: float = 0.0
-    cutmix: float = 0.0
+    re_prob: float = within(0.0, "[0, 1]")
+    mixup: float = within(0.0, "[0, inf)")
+    cutmix: float = within(0.0, "[0, inf)")
     # synthetic only
-    num_train: int = 512
-    num_val: int = 256
-    in_chans: int = 3
-    image_size: int = 32
-    num_classes: int = 10
+    num_train: int = within(512, "[1, inf)")
+    num_val: int = within(256, "[1, inf)")
+    in_chans: int = within(3, "[1, inf)")
+    image_size: int = within(32, "[1, inf)")
+    num_classes: int = within(10, "[1, inf)")
 
 
 @dataclass
@@ -106,12 +127,12 @@ class OptimConfig:
     # lr is for a global batch of lr_batch images: the run applies lr * global batch / lr_batch
     # (global batch = data.batch_size * processes * trainer.accumulate), so one recipe gives
     # the same training on 1 or 64 GPUs; lr_batch null applies lr as it is
-    lr: float = 0.2
-    lr_batch: Optional[int] = 256
-    momentum: float = 0.9
+    lr: float = within(0.2, "(0, inf)")
+    lr_batch: Optional[int] = within(256, "[1, inf)")
+    momentum: float = within(0.9, "[0, 1)")
     nesterov: bool = False
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 5e-4  # rings included, on purpose
+    betas: List[float] = within([0.9, 0.999], "[0, 1)", length=2)  # AdamW's
+    weight_decay: float = within(5e-4, "[0, inf)")  # rings included, on purpose
     wd_norm: bool = False  # also decay norm parameters and biases
     no_wd_1d: bool = False  # timm's rule: no decay for 1-D and no_weight_decay() parameters (rings keep theirs)
 
@@ -119,52 +140,61 @@ class OptimConfig:
 @dataclass
 class SchedConfig:
     name: str = "cosine"  # engine.optim.SCHEDULES: cosine | step | exp | constant
-    warmup_epochs: float = 0.0
-    warmup_start: float = 0.1  # first warmup lr as a fraction of optim.lr
-    min_lr: float = 0.0  # cosine floor
-    step_size: int = 30  # step: every step_size epochs multiply by gamma
-    gamma: float = 0.1
-    decay_epochs: float = 45.0  # exp: lr0 * 0.1 ** (epoch / decay_epochs), the authors'
+    warmup_epochs: float = within(0.0, "[0, inf)")
+    warmup_start: float = within(0.1, "[0, 1]")  # first warmup lr as a fraction of optim.lr
+    min_lr: float = within(0.0, "[0, inf)")  # cosine floor
+    step_size: int = within(30, "[1, inf)")  # step: every step_size epochs multiply by gamma
+    gamma: float = within(0.1, "(0, inf)")
+    # exp: lr0 * 0.1 ** (epoch / decay_epochs), the authors'
+    decay_epochs: float = within(45.0, "(0, inf)")
 
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 5
-    seed: int = 0
+    epochs: int = within(5, "[1, inf)")
+    seed: int = within(0, "(-inf, inf)")
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | off | bf16 | fp16
     channels_last: bool = True
     compile: bool = False
-    grad_clip: float = 0.0  # max global grad norm; 0 = off
-    label_smoothing: float = 0.0
-    max_steps: int = 0  # stop after this many optimizer steps in total; 0 = no limit
-    limit_batches: int = 0  # batches per epoch, train and val; 0 = all
+    grad_clip: float = within(0.0, "[0, inf)")  # max global grad norm; 0 = off
+    label_smoothing: float = within(0.0, "[0, 1)")
+    # stop after this many optimizer steps in total; 0 = no limit
+    max_steps: int = within(0, "[0, inf)")
+    limit_batches: int = within(0, "[0, inf)")  # batches per epoch, train and val; 0 = all
     resume: Optional[str] = None  # auto (last.pt in the run directory) | PATH
-    progress: bool = True  # tqdm bar, when the output is a terminal
-    accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
+    progress: bool = True  # tqdm bars (training and evaluation), when the output is a terminal
+    # without a bar (no terminal: SLURM, nohup; or progress=false): a line every this many
+    # seconds saying epoch, batch, loss, img/s and the time left; 0 = none
+    log_every_s: float = within(60.0, "[0, inf)")
+    accumulate: int = within(1, "[1, inf)")  # micro-batches per optimizer step
     sync_bn: bool = False  # BatchNorm statistics over all processes (CUDA only)
-    ema_decay: Optional[float] = None  # an EMA of the weights (timm's ModelEmaV3), also evaluated
+    # an EMA of the weights (timm's ModelEmaV3), also evaluated
+    ema_decay: Optional[float] = within(None, "(0, 1)")
     # faults: a recovery last.pt every N minutes mid-epoch (0 = at epoch ends only); a
     # collective that waits this long for a lost rank fails instead of hanging
-    checkpoint_every_min: float = 30.0
-    dist_timeout_s: float = 600.0
+    checkpoint_every_min: float = within(30.0, "[0, inf)")
+    dist_timeout_s: float = within(600.0, "(0, inf)")
     # divergence: a non-finite loss, or one above max_loss (null = no bound), stops the run
     # (stop) or skips its step (skip, a host sync per step); stop reads the loss every
     # nan_check_every steps and before every checkpoint
     nan_policy: str = "stop"
-    max_loss: Optional[float] = None
-    nan_check_every: int = 50
+    max_loss: Optional[float] = within(None, "(0, inf)")
+    nan_check_every: int = within(50, "[1, inf)")
 
 
 @dataclass
 class LoggerConfig:
+    """W&B. A key set here wins; a key left at its default (null, auto, []) yields to W&B's
+    own environment variable, then to the default named (conf/logger/wandb.yaml)."""
     name: str = "none"  # log.LOGGERS: none | wandb
-    project: str = "rpg-train"
-    entity: Optional[str] = None
-    mode: str = "auto"  # auto (online with credentials, else offline) | online | offline | disabled
-    group: Optional[str] = None  # null: the multirun's sweep directory name
-    run_name: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
+    project: Optional[str] = None  # null: $WANDB_PROJECT, else rpg-train
+    entity: Optional[str] = None  # null: $WANDB_ENTITY, else your W&B default
+    # auto: $WANDB_MODE, else online with credentials, else offline | online | offline | disabled
+    mode: str = "auto"
+    group: Optional[str] = None  # null: $WANDB_RUN_GROUP, else the multirun's sweep directory
+    run_name: Optional[str] = None  # null: $WANDB_NAME, else <method>-<model>-<trainable>-s<seed>
+    tags: List[str] = field(default_factory=list)  # []: $WANDB_TAGS; method, model, data added
 
 
 @dataclass
@@ -207,6 +237,49 @@ def check_choice(key: str, value, registry) -> None:
         raise UserError(key, value, "is not valid; choose one of: " + ", ".join(registry))
 
 
+def numeric_keys(node=None, prefix: str = "") -> dict:
+    """Every numeric key of the schema (int and float, also Optional or in a List), nested
+    groups included: {key: (its field's metadata, whether it may be null)}."""
+    node = node or Config
+    keys, hints = {}, typing.get_type_hints(node)
+    for f in dataclasses.fields(node):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            keys.update(numeric_keys(kind, f"{prefix}{f.name}."))
+        elif any(t in (int, float) for t in typing.get_args(kind) or (kind,)):
+            keys[prefix + f.name] = f.metadata, type(None) in typing.get_args(kind)
+    return keys
+
+
+_INTERVAL = re.compile(r"([\[(])(\S+), (\S+)([\])])")
+
+
+def check_interval(key: str, value, meta, nullable: bool = False) -> None:
+    """The one check of a numeric key against its field's `within` interval."""
+    if "interval" not in meta or value is None:  # checked_by: the code that uses it checks it
+        return
+    low_end, low, high, high_end = _INTERVAL.fullmatch(meta["interval"]).groups()
+    lo, hi = float(low), float(high)
+    values = list(value) if meta["length"] else [value]
+    inside = [(lo <= v if low_end == "[" else lo < v) and (v <= hi if high_end == "]" else v < hi)
+              for v in values]  # False for NaN, whatever the interval
+    if all(inside) and len(values) == (meta["length"] or 1):
+        return
+    words = meta["says"] or ("positive" if (low_end, low, high) == ("(", "0", "inf") else
+                             "not negative" if (low_end, low, high) == ("[", "0", "inf") else
+                             f"at least {low}" if low_end == "[" and high == "inf" else
+                             f"in {meta['interval']}")
+    if meta["length"]:
+        reason = f"must be {meta['length']} numbers, each {words}"
+    elif not math.isfinite(value):
+        reason = f"must be finite and {words}"
+    else:
+        reason = "must not be negative" if words == "not negative" else f"must be {words}"
+    if nullable:
+        reason += f" (or null: {meta['null']})" if meta["null"] else " (or null)"
+    raise UserError(key, value, reason)
+
+
 def _get(cfg, dotted: str):
     node = cfg
     for part in dotted.split("."):
@@ -215,9 +288,13 @@ def _get(cfg, dotted: str):
 
 
 def validate(cfg) -> None:
-    """Reject bad values with one line naming the key and the value, before any work.
-    rpg.params is left to apply_rpg, the one place that knows how many weights a ring of
-    that size generates (it accepts integers >= 1 and fractions in (0, 1))."""
+    """Reject bad values with one line naming the key and the value, before any work: every
+    numeric key against its interval (`within`), then what depends on several keys, then the
+    model against the dataset. rpg.params is left to apply_rpg, the one place that knows how
+    many weights a ring of that size generates (it accepts integers >= 1 and fractions in
+    (0, 1))."""
+    import torch
+
     from .models import available, is_available
 
     for key in sorted(OmegaConf.missing_keys(cfg) - {"out_dir"}):  # out_dir: set by the app
@@ -227,24 +304,8 @@ def validate(cfg) -> None:
     if not is_available(cfg.model.name):
         raise UserError("model.name", cfg.model.name, "is not a known model; choose one of: "
                         + ", ".join(available()))
-    for key in ("trainer.epochs", "data.batch_size", "data.eval_batch_size", "sched.step_size",
-                "trainer.nan_check_every", "trainer.accumulate", "data.num_train",
-                "data.num_val"):
-        if _get(cfg, key) < 1:
-            raise UserError(key, _get(cfg, key), "must be at least 1")
-    for key in ("trainer.max_steps", "trainer.limit_batches", "trainer.grad_clip",
-                "sched.warmup_epochs", "sched.min_lr", "optim.weight_decay", "data.num_workers",
-                "data.val_split", "trainer.checkpoint_every_min", "data.mixup", "data.cutmix"):
-        if _get(cfg, key) < 0:
-            raise UserError(key, _get(cfg, key), "must not be negative")
-    for key in ("optim.lr", "sched.decay_epochs", "trainer.dist_timeout_s"):
-        if _get(cfg, key) <= 0:
-            raise UserError(key, _get(cfg, key), "must be positive")
-    if not 0 <= cfg.trainer.label_smoothing < 1:
-        raise UserError("trainer.label_smoothing", cfg.trainer.label_smoothing,
-                        "must be in [0, 1)")
-    if not 0 <= cfg.data.re_prob <= 1:
-        raise UserError("data.re_prob", cfg.data.re_prob, "must be in [0, 1]")
+    for key, (meta, nullable) in numeric_keys().items():
+        check_interval(key, _get(cfg, key), meta, nullable)
     for key in ("data.auto_augment", "data.re_prob"):
         if _get(cfg, key) and cfg.data.name != "imagenet":
             raise UserError(key, _get(cfg, key), "is for data=imagenet only (the in-memory "
@@ -259,15 +320,15 @@ def validate(cfg) -> None:
     if (cfg.data.mixup or cfg.data.cutmix) and cfg.data.batch_size % 2:
         raise UserError("data.batch_size", cfg.data.batch_size, "must be even with "
                         "data.mixup or data.cutmix (timm's Mixup pairs the batch with itself)")
-    if cfg.trainer.ema_decay is not None and not 0 < cfg.trainer.ema_decay < 1:
-        raise UserError("trainer.ema_decay", cfg.trainer.ema_decay, "must be in (0, 1) (or null)")
-    if cfg.optim.lr_batch is not None and cfg.optim.lr_batch < 1:
-        raise UserError("optim.lr_batch", cfg.optim.lr_batch, "must be at least 1 (or null)")
-    if cfg.trainer.max_loss is not None and not cfg.trainer.max_loss > 0:
-        raise UserError("trainer.max_loss", cfg.trainer.max_loss, "must be positive (or null)")
+    if cfg.optim.nesterov and cfg.optim.momentum == 0:
+        raise UserError("optim.nesterov", True, "needs optim.momentum above 0 (it is a kind "
+                        "of momentum)")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.trainer.device):
         raise UserError("trainer.device", cfg.trainer.device,
                         "is not valid; use auto, cpu, cuda, cuda:N or mps")
+    if cfg.trainer.device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("trainer.device", "mps", "is not available here (this torch has no "
+                        "MPS backend or no Apple GPU); use auto or cpu")
     if cfg.data.root is not None and not Path(cfg.data.root).is_dir() and not cfg.data.download:
         raise UserError("data.root", cfg.data.root,
                         "is not a directory (and data.download is false)")
@@ -277,33 +338,51 @@ def validate(cfg) -> None:
     if resume not in (None, "auto") and not Path(resume).is_file():
         raise UserError("trainer.resume", resume, "does not exist; give a checkpoint file "
                         "or 'auto'")
+    _validate_model_fits_data(cfg)
+
+
+def _validate_model_fits_data(cfg) -> None:
+    """The model against the dataset's channels, classes and image size, read from the
+    dataset's table (no data is loaded) and a forward pass on the meta device (models)."""
+    from .data import dataset_info
+    from .engine.build import model_spec
+    from .models import smallest_input
+
+    m, d = cfg.model, cfg.data
+    info = dataset_info(d.name, d)
+    if m.num_classes is not None and m.num_classes < info["num_classes"]:
+        raise UserError("model.num_classes", m.num_classes, f"is below the "
+                        f"{info['num_classes']} classes of data.name={d.name} (null: the "
+                        "dataset's)")
+    if m.in_chans is not None and m.in_chans != info["in_chans"]:
+        raise UserError("model.in_chans", m.in_chans, f"does not match the {info['in_chans']} "
+                        f"image channel(s) of data.name={d.name} (null: the dataset's)")
+    size = info["image_size"]
+    try:
+        smallest = smallest_input(model_spec(cfg, info), size)
+    except UserError as err:  # a bad model argument, found here first
+        raise err.under("model") from None
+    if smallest is not None:
+        raise UserError("model.name", m.name, f"cannot take the {size} px images of "
+                        f"data.name={d.name}: the smallest size it takes is {smallest} px; "
+                        "choose another model or larger images")
 
 
 def _validate_ring_prune(r) -> None:
     p = r.prune
-    if not 0 <= p.amount < 1:
-        raise UserError("rpg.prune.amount", p.amount, "must be in [0, 1) (0 = no ring pruning)")
     if p.amount and r.scope == "none":
         raise UserError("rpg.prune.amount", p.amount, "prunes ring entries and this model has "
                         "no ring (rpg.scope=none); a dense model is pruned with prune.init")
-    if p.finetune_epochs < 0:
-        raise UserError("rpg.prune.finetune_epochs", p.finetune_epochs, "must be 0 or more")
     if p.finetune_epochs and not p.amount:
         raise UserError("rpg.prune.finetune_epochs", p.finetune_epochs, "fine-tunes a pruned "
                         "ring: set rpg.prune.amount too")
-    if p.lr is not None and not p.lr > 0:
-        raise UserError("rpg.prune.lr", p.lr, "must be positive (or null: optim.lr / 10)")
 
 
 def _validate_baselines(cfg) -> None:
     """model.width, match.* and prune.*: what the equal-DoF baselines need to be built."""
     from .models import is_available
 
-    if not cfg.model.width > 0:
-        raise UserError("model.width", cfg.model.width, "must be a positive multiplier")
     m, p = cfg.match, cfg.prune
-    if m.width is not None and not m.width > 0:
-        raise UserError("match.width", m.width, "must be a positive multiplier")
     if m.model is not None and not is_available(m.model):
         raise UserError("match.model", m.model, "is not a known model")
     if m.model is not None and m.width is None:

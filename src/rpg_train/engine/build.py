@@ -68,7 +68,7 @@ def build_model(cfg, info: dict, ckpt: checkpoint.Checkpoint | None = None):
     try:
         apply_rpg(model, r.scope, r.params if size is None else size, seed=r.seed,
                   sampling=r.sampling, sign=r.sign, share_stem=r.share_stem,
-                  share_head=r.share_head)
+                  share_head=r.share_head, offset=r.offset)
     except UserError as err:  # params, scope, sampling, ...
         raise err.under("rpg") from None
     return model, spec, None

@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import warnings
 
 import torch
 import torch.nn.functional as F
 
-from ..log import progress
+from ..log import Heartbeat, progress, status
 from ..rpg import cached
 from .distributed import all_reduce_sum, broadcast_buffers
+from .ring_prune import total_epochs
+
+log = logging.getLogger("rpg_train")
 
 
 class EpochSums:
@@ -58,6 +62,7 @@ def train_one_epoch(run) -> None:
     loader.set_epoch(run.epoch, start_batch)
     bar = progress(loader, run.batches_per_epoch - start_batch, f"epoch {run.epoch + 1}",
                    run.show_progress)
+    beat = Heartbeat(run.cfg.trainer.log_every_s, run.dist.is_main and bar.disable)
     start = time.perf_counter()
     step_loss, step_stats = 0.0, []  # this step's micro-batches: summed loss, metric sums
     try:
@@ -109,6 +114,9 @@ def train_one_epoch(run) -> None:
                 rate = (run.batch - start_batch) * x.shape[0] / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{step_loss.item():.3f}",
                                 lr=f"{sched.get_last_lr()[0]:.3g}", img_s=f"{rate:.0f}")
+            if beat.due():
+                log.info(status_line(run, start_batch, time.perf_counter() - start, x.shape[0],
+                                     float(step_loss)))
             step_loss, step_stats = 0.0, []
             if run.batch < run.batches_per_epoch:  # after the last step: check(end_of_epoch)
                 run.check()
@@ -116,6 +124,17 @@ def train_one_epoch(run) -> None:
         sums.seconds += time.perf_counter() - start
         bar.close()
     run.check(end_of_epoch=True)
+
+
+def status_line(run, start_batch: int, seconds: float, batch_size: int, loss: float) -> str:
+    """Where training is, at the pace of this epoch so far (the heartbeat without a bar)."""
+    done, epochs, per_epoch = run.batch - start_batch, total_epochs(run.cfg), run.batches_per_epoch
+    left = per_epoch - run.batch + (epochs - run.epoch - 1) * per_epoch  # batches
+    if run.cfg.trainer.max_steps:
+        left = min(left, (run.cfg.trainer.max_steps - run.step) * run.accumulate)
+    seconds = max(seconds, 1e-9)
+    return status(run.epoch + 1, epochs, run.batch, per_epoch, loss,
+                  done * batch_size * run.dist.world_size / seconds, left * seconds / max(done, 1))
 
 
 def _for_eval(model):
@@ -141,17 +160,20 @@ def no_sync(model, skip: bool):
 
 
 @torch.no_grad()
-def evaluate(model, loader, autocast, limit: int = 0, channels_last: bool = False) -> dict:
+def evaluate(model, loader, autocast, limit: int = 0, channels_last: bool = False,
+             show: bool = True) -> dict:
     """Loss, top-1 and top-5 (top-k capped at the class count) over the loader, all ranks.
     Each generated weight is made once for the whole pass (`cached`; it finds the rings
     through a torch.compile wrapper too). Under DDP the wrapped module is evaluated with rank
-    0's buffers, so no collective waits on a rank that has no batches."""
+    0's buffers, so no collective waits on a rank that has no batches. `show`: a bar on a
+    terminal."""
     model = _for_eval(model)
     model.eval()
     loader.set_epoch(0)
     t = None
-    with cached(model):
-        for i, (x, y) in enumerate(loader):
+    total = min(len(loader), limit) if limit else len(loader)
+    with cached(model), progress(loader, total, "eval", show) as bar:
+        for i, (x, y) in enumerate(bar):
             if limit and i >= limit:
                 break
             if channels_last:

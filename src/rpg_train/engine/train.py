@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from ..config import validate
 from ..errors import UserError
-from ..log import MetricsFile, WandbLogger
+from ..log import MetricsFile, WandbLogger, method_label, preparing, provenance, run_name
 from . import checkpoint, ring_prune
 from .amp import amp_dtype, autocast_for
 from .build import build
@@ -218,6 +218,7 @@ def train(cfg) -> dict:
         # one run directory, rank 0's (every rank composed its own config, and a timestamped
         # default can differ between them)
         cfg.out_dir = broadcast_object(str(cfg.out_dir))
+        log.info("run directory: %s", cfg.out_dir)  # first: where to look while it runs
         return fit(prepare(cfg, dist, Path(cfg.out_dir), t0))
     except RuntimeError as err:
         if dist.world_size > 1 and lost_rank(err):
@@ -274,6 +275,8 @@ def global_batch(cfg, dist: Dist) -> int:
 def prepare(cfg, dist: Dist, out_dir: Path, t0: float) -> Run:
     """Everything before the first step: model, data, optimizer, and the resumed state."""
     seed_everything(cfg.trainer.seed)
+    log.info(preparing(cfg.model.name, method_label(OmegaConf.to_container(cfg, resolve=True)),
+                       cfg.data.name))
     ckpt = load_resume(cfg, out_dir)
     if ckpt is not None:
         check_schedule(ckpt, cfg, dist)
@@ -378,7 +381,8 @@ def save(run: Run, name: str) -> None:
             elapsed=run.elapsed(), sums=sums, rng=rng, identity=run.identity,
             schedule=schedule(run.cfg, run.dist), skipped_steps=run.guard.skipped,
             ema=None if run.ema is None else run.ema.module.state_dict(),
-            config=run.resolved, selected=run.selected, ring_prune=run.ring_prune),
+            config=run.resolved, selected=run.selected, ring_prune=run.ring_prune,
+            provenance=provenance()),
             keep_previous=name == "last.pt")
     run.last_save = time.monotonic()
     barrier()
@@ -386,7 +390,7 @@ def save(run: Run, name: str) -> None:
 
 def evaluate_all(run: Run) -> dict:
     """Test metrics (val_*), and the held-out part's (heldout_*) when there is one."""
-    args = (run.autocast, run.cfg.trainer.limit_batches, run.channels_last)
+    args = (run.autocast, run.cfg.trainer.limit_batches, run.channels_last, run.show_progress)
     val = evaluate(run.model, run.val_loader, *args)
     if run.ema is not None:
         # each rank's EMA followed its own BatchNorm statistics; rank 0's are the ones saved
@@ -424,8 +428,13 @@ class RunLogger:
             run.out_dir.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(run.cfg, run.out_dir / "config.yaml", resolve=True)
             self.metrics = MetricsFile(run.out_dir / "metrics.jsonl", run.start_epoch)
-        self.wandb = WandbLogger(run.cfg.logger, run.resolved, run.out_dir, enabled=self.main)
-        r, kind = run.report, "pruned" if run.prune else run.cfg.rpg.scope
+        self.method, r = method_label(run.resolved), run.report
+        self.wandb = WandbLogger(
+            run.cfg.logger, run.resolved, run.out_dir, enabled=self.main,
+            name=run_name(self.method, run.spec["name"], r["trainable"], run.cfg.trainer.seed),
+            tags=(self.method, run.spec["name"], run.cfg.data.name),
+            extra=dict(method=self.method, params=r))
+        kind = "pruned" if run.prune else run.cfg.rpg.scope
         log.info("%s %s: ring %d, trainable %d, generated %d, dense %d (%.1fx) on %s",
                  run.spec["name"], kind, r["ring"], r["trainable"], r["generated"], r["dense"],
                  r["compression"], run.device)
@@ -436,6 +445,13 @@ class RunLogger:
                  "es" if run.dist.world_size > 1 else "", t.accumulate,
                  "es" if t.accumulate > 1 else "", global_batch(run.cfg, run.dist),
                  run.base_lr, per)
+
+    def record(self) -> dict:
+        """What results.json says about the run besides its numbers: its method label, the
+        code that ran it, and where W&B has it (when it logged)."""
+        where = self.wandb.record()
+        return dict(method=self.method, provenance=provenance(),
+                    **({} if where is None else {"wandb": where}))
 
     def epoch(self, run: Run, val: dict) -> dict:
         """One metrics row per epoch (the train sums' reduction is a collective)."""
@@ -467,7 +483,7 @@ class RunLogger:
                        nan_policy=t.nan_policy, max_loss=t.max_loss, steps=run.step,
                        epochs=run.epoch, param_report=run.report, model=run.spec,
                        rpg=run.resolved["rpg"], data=run.cfg.data.name, seed=t.seed,
-                       wall_time=run.elapsed(), out_dir=str(run.out_dir))
+                       wall_time=run.elapsed(), out_dir=str(run.out_dir), **self.record())
         if self.main:
             (run.out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         self.wandb.summary(dict(diverged_step=bad.step))
@@ -485,8 +501,9 @@ class RunLogger:
                        global_batch=global_batch(run.cfg, run.dist),
                        lr=applied_lr(run.cfg.optim, global_batch(run.cfg, run.dist)),
                        wall_time=run.elapsed(), peak_memory_mb=_peak_memory_mb(run.device),
-                       out_dir=str(run.out_dir))
-        summary = {"final/top1": results["final_top1"], "best_on_test/top1": run.best}
+                       out_dir=str(run.out_dir), **self.record())
+        summary = {"final/top1": results["final_top1"], "best_on_test/top1": run.best,
+                   "method": self.method}
         if run.selected is not None:
             results.update(selected_top1=run.selected[2], selected_epoch=run.selected[1],
                            heldout_top1=run.selected[0])

@@ -1,6 +1,10 @@
-"""Console progress, metrics.jsonl and Weights & Biases."""
-from .console import progress
+"""Console progress, metrics.jsonl, Weights & Biases, and what a run records about itself."""
+from .console import Heartbeat, preparing, progress, status
+from .method import method_label, run_name
 from .metrics import MetricsFile
+from .provenance import provenance
 from .wandb_logger import LOGGERS, WANDB_MODES, WandbLogger
 
-__all__ = ["progress", "MetricsFile", "WandbLogger", "LOGGERS", "WANDB_MODES"]
+__all__ = ["progress", "preparing", "status", "Heartbeat", "MetricsFile", "WandbLogger",
+           "LOGGERS", "WANDB_MODES", "method_label", "run_name",
+           "provenance"]

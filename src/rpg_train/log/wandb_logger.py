@@ -1,4 +1,7 @@
-"""Weights & Biases: config, per-epoch metrics and the accuracy-vs-parameters summary."""
+"""Weights & Biases: config, per-epoch metrics and the accuracy-vs-parameters summary.
+
+Precedence for each setting: the config key when the user set it, else W&B's own environment
+variable, else this project's default (see `init_args` and conf/logger/wandb.yaml)."""
 from __future__ import annotations
 
 import logging
@@ -7,9 +10,14 @@ import os
 import uuid
 from pathlib import Path
 
+from ..errors import UserError
+
 log = logging.getLogger("rpg_train")
 LOGGERS = ("none", "wandb")  # logger.name
 WANDB_MODES = ("auto", "online", "offline", "disabled")  # logger.mode
+# what WANDB_MODE may hold (dryrun and run: W&B's older names for offline and online)
+ENV_MODES = {"online": "online", "offline": "offline", "disabled": "disabled",
+             "dryrun": "offline", "run": "online"}
 
 
 def has_credentials() -> bool:
@@ -21,25 +29,60 @@ def has_credentials() -> bool:
         return False
 
 
-class WandbLogger:
-    """No-op unless logger.name == wandb on the main process. `mode=auto` goes online when
-    credentials exist and offline otherwise; W&B never prompts (offline needs no login)."""
+def resolve_mode(mode: str, env) -> str:
+    """logger.mode when set; auto: WANDB_MODE if set, else online with credentials (never a
+    login prompt), else offline."""
+    if mode != "auto":
+        return mode
+    if env.get("WANDB_MODE"):
+        value = env["WANDB_MODE"]
+        if value not in ENV_MODES:
+            raise UserError("WANDB_MODE", value, "is not a W&B mode; use online, offline "
+                            "or disabled (or unset it and use logger.mode)")
+        return ENV_MODES[value]
+    return "online" if has_credentials() else "offline"
 
-    def __init__(self, cfg, resolved: dict, out_dir: Path, enabled: bool):
-        self.run = None
+
+def init_args(cfg, env, out_dir: Path, name: str, tags: list[str]) -> dict:
+    """wandb.init's arguments from the logger config, the environment and the run's own
+    `name` and `tags` (the defaults; tags are added to the user's)."""
+    user_tags = list(cfg.tags) or [t.strip() for t in env.get("WANDB_TAGS", "").split(",")
+                                   if t.strip()]
+    return dict(project=cfg.project or env.get("WANDB_PROJECT") or "rpg-train",
+                entity=cfg.entity or env.get("WANDB_ENTITY") or None,
+                group=cfg.group or env.get("WANDB_RUN_GROUP") or None,
+                name=cfg.run_name or env.get("WANDB_NAME") or name or None,
+                tags=list(dict.fromkeys(user_tags + tags)),
+                dir=env.get("WANDB_DIR") or str(out_dir),
+                mode=resolve_mode(cfg.mode, env))
+
+
+class WandbLogger:
+    """No-op unless logger.name == wandb on the main process and the mode is not disabled
+    (then nothing is written). `extra` joins the config W&B records (method, parameters)."""
+
+    def __init__(self, cfg, resolved: dict, out_dir: Path, enabled: bool, name: str = "",
+                 tags: tuple = (), extra: dict | None = None):
+        self.run, self.args = None, None
         if cfg.name != "wandb" or not enabled:
+            return
+        args = init_args(cfg, os.environ, out_dir, name, list(tags))
+        if args["mode"] == "disabled":
             return
         import wandb
 
-        mode = cfg.mode
-        if mode == "auto":
-            mode = "online" if has_credentials() else "offline"
         os.environ.setdefault("WANDB_SILENT", "true")
-        self.run = wandb.init(project=cfg.project, entity=cfg.entity, group=cfg.group,
-                              name=cfg.run_name, tags=list(cfg.tags), config=resolved,
-                              dir=str(out_dir), mode=mode, resume="allow",
+        Path(args["dir"]).mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(**args, config={**resolved, **(extra or {})}, resume="allow",
                               id=_run_id(out_dir), settings=wandb.Settings(console="off"))
-        self.mode = mode
+        self.args = args
+
+    def record(self) -> dict | None:
+        """Where the run went in W&B (results.json keeps it), None when nothing was logged."""
+        if self.run is None:
+            return None
+        keys = ("project", "entity", "group", "name", "mode")
+        return {k: self.args[k] for k in keys} | {"id": self.run.id}
 
     def log(self, row: dict, step: int) -> None:
         if self.run is not None:
@@ -55,7 +98,7 @@ class WandbLogger:
             return
         run_dir = Path(self.run.dir).parent
         self.run.finish()
-        if self.mode == "offline":
+        if self.args["mode"] == "offline":
             log.info("W&B run saved offline; upload with: wandb sync %s", run_dir)
 
 

@@ -22,7 +22,8 @@ def _check_choice(key: str, value, choices) -> None:
 
 
 def apply_rpg(model: nn.Module, scope: str, params, seed: int = 0, sampling: str = "even",
-              sign: bool = True, share_stem: bool = False, share_head: bool = False) -> nn.Module:
+              sign: bool = True, share_stem: bool = False, share_head: bool = False,
+              offset: bool = False) -> nn.Module:
     """Replace the model's conv/linear weights by weights generated from rings, in place.
 
     `scope` picks one ring for the network, or one per stage / block / layer; `params` is the
@@ -31,6 +32,9 @@ def apply_rpg(model: nn.Module, scope: str, params, seed: int = 0, sampling: str
     for the whole network (the largest fan-out of any generated layer) in every scope, so a
     layer's effective learning rate does not depend on the scope. Tables come from `seed`
     alone; the rings are initialised from torch's global RNG, like any other parameter.
+    `offset` adds a frozen random theta0 (each layer's Kaiming init, drawn from the seed,
+    never trained or saved) to the generated weights and starts the rings at 0: Li et al.'s
+    random subspace with a sparse projection. It costs one float per generated weight.
     Works on a meta-device model: the tables are drawn after `to_empty(device=...)`.
     """
     _check_choice("scope", scope, SCOPES)
@@ -46,9 +50,9 @@ def apply_rpg(model: nn.Module, scope: str, params, seed: int = 0, sampling: str
                         "share_stem/share_head)")
     total = sum(t.numel for t in targets)
     params = ring_size(params, total)
-    if not 1 <= params < total:
+    if not 1 <= params <= total:  # = total: the ring as large as the layers (T/N = 1)
         raise UserError("params", params, f"is out of range: scope={scope!r} generates "
-                        f"{total} weights, so params must be in [1, {total - 1}] or a "
+                        f"{total} weights, so params must be in [1, {total}] or a "
                         "fraction in (0, 1)")
     left_out = ungenerated_weights(model)
     if left_out:
@@ -63,7 +67,7 @@ def apply_rpg(model: nn.Module, scope: str, params, seed: int = 0, sampling: str
         first = modules[group[0].path]._parameters["weight"]
         ring = Ring(sizes[key], [t.path for t in group], [t.shape for t in group],
                     [t.fan_out for t in group], fan_ref, sampling, sign, table_seed,
-                    device=first.device, dtype=first.dtype)
+                    offset=offset, device=first.device, dtype=first.dtype)
         rings[key.replace(".", "_")] = ring
         for position, t in enumerate(group):
             for path in (t.path, *t.aliases):
@@ -76,6 +80,8 @@ def apply_rpg(model: nn.Module, scope: str, params, seed: int = 0, sampling: str
     model._modules.update(children)
     model.rpg_spec = dict(scope=scope, params=params, seed=seed, sampling=sampling, sign=sign,
                           share_stem=share_stem, share_head=share_head)
+    if offset:  # recorded only when on, so checkpoints and files made before it still match
+        model.rpg_spec["offset"] = True
     return model
 
 

@@ -22,12 +22,15 @@ READS = ("rpg-compact/2", "rpg-compact/3", FORMAT)
 
 
 def tables_fingerprint(model: nn.Module) -> str:
-    """sha256 over every ring's size, table and scales: equal iff the tables are equal."""
+    """sha256 over every ring's size, table and scales, and theta0 where the ring has an
+    offset (drawn afresh in float32, whatever the model's dtype): equal iff they are equal."""
     h = hashlib.sha256()
     for ring in rings_of(model):
         h.update(json.dumps([ring.weight.numel(), ring.paths, ring.scales]).encode())
         table = ring.draw_table() if ring.weight.is_meta else ring.index.cpu()
         h.update(table.numpy().tobytes())
+        if getattr(ring, "offset", False):
+            h.update(ring.draw_theta0().numpy().tobytes())
     return h.hexdigest()
 
 

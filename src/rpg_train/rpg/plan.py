@@ -16,7 +16,7 @@ import torch.nn as nn
 from ..errors import UserError
 
 SCOPES = ("network", "stage", "block", "layer", "none")
-SAMPLINGS = ("even", "ring", "iid")
+SAMPLINGS = ("even", "ring", "iid", "plain")
 GENERATED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
@@ -130,10 +130,14 @@ def group_targets(targets: list[Target], scope: str) -> dict[str, list[Target]]:
 def ring_size(params, total: int) -> int:
     """The total ring size asked for: an integer (also a numpy integer, or an integral float
     such as 1e5, which is how Hydra reads `1e5`), or a fraction in (0, 1) meaning that share
-    of the `total` generated weights, rounded to the nearest entry."""
+    of the `total` generated weights, rounded to the nearest entry. The float 1.0 is refused:
+    Hydra reads `1` as 1.0, and a one-entry ring is never what was meant."""
     if isinstance(params, bool) or not isinstance(params, numbers.Real):
         raise UserError("params", params, "is not a ring size; give an integer (25000, 1e5) "
                         "or a fraction in (0, 1) of the generated weights")
+    if isinstance(params, float) and params == 1.0:  # the fraction 1, or a 1-entry ring?
+        raise UserError("params", params, "is ambiguous (a fraction is in (0, 1)); give the "
+                        f"exact count {total} for a ring as large as the layers")
     if 0 < params < 1:
         return max(1, round(float(params) * total))
     if float(params).is_integer():
@@ -175,7 +179,9 @@ def draw_index(sizes: list[int], n: int, sampling: str, sign: bool,
     all positions. The extra entries are the first `T mod n`; since ring entries are drawn
     i.i.d. that is the same distribution as a random subset. ring: sequential fetch around
     the ring, each layer continuing where the previous stopped, positions permuted per layer.
-    iid: every weight draws its entry uniformly with replacement (HashedNet).
+    iid: every weight draws its entry uniformly with replacement (HashedNet). plain: plain
+    recurrence, every layer reads the ring in order from its first entry (tiled when larger),
+    no permutation, so layers of equal shape read the same entries.
     """
     total = sum(sizes)
     if sampling == "even":
@@ -189,6 +195,8 @@ def draw_index(sizes: list[int], n: int, sampling: str, sign: bool,
             pieces.append(((start + torch.randperm(m, generator=gen)) % n).to(torch.int32))
             start += m
         index = torch.cat(pieces)
+    elif sampling == "plain":
+        index = torch.cat([torch.arange(m, dtype=torch.int32) % n for m in sizes])
     else:
         index = torch.randint(n, (total,), generator=gen, dtype=torch.int32)
     if sign:

@@ -5,6 +5,8 @@ Forward: every access to a generated layer's `weight` gathers it from `cat(ring,
 through the layer's slice of an int32 table (4 bytes per generated weight) and scales it.
 Nothing is cached outside `cached(model)`, so a weight is never stale, whatever changed the
 ring (fused optimizers, `.data`, `load_state_dict`), and every forward builds its own graph.
+With `offset`, a frozen random theta0 (each layer's Kaiming init, drawn from the table seed,
+never trained or saved; one float per generated weight) is added to every generated weight.
 Backward, deterministic by construction: on the CPU `index_add_` runs serially into a float32
 accumulator; on other devices (where it would use atomics) a per-layer inverse table, built
 once from the forward table, turns the scatter-add into a gather plus a fixed-order sum.
@@ -20,6 +22,8 @@ import torch
 import torch.nn as nn
 
 from .plan import draw_index
+
+THETA0_SALT = 0x0FF5E7_7E7A0  # theta0's seed: the table seed XOR this, a stream of its own
 
 
 def inverse_blocks(index: torch.Tensor, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -68,13 +72,17 @@ def grad_inverse(blocks, g: torch.Tensor, n: int, scale: float) -> torch.Tensor:
 
 
 class _Gather(torch.autograd.Function):
-    """ring -> one layer's weight: a gather through the table, then the scale in place."""
+    """ring -> one layer's weight: a gather through the table, then the scale in place, then
+    the frozen offset theta0 (`base`, or None) added in place."""
 
     @staticmethod
-    def forward(ctx, ring, index, scale, shape, blocks):
+    def forward(ctx, ring, index, scale, shape, blocks, base):
         ctx.save_for_backward(index)
         ctx.n, ctx.scale, ctx.blocks = ring.numel(), scale, blocks
-        return torch.cat([ring, -ring]).index_select(0, index).mul_(scale).view(shape)
+        out = torch.cat([ring, -ring]).index_select(0, index).mul_(scale)
+        if base is not None:
+            out.add_(base)
+        return out.view(shape)
 
     @staticmethod
     def backward(ctx, g):
@@ -83,7 +91,7 @@ class _Gather(torch.autograd.Function):
             grad = grad_serial(index, g, ctx.n, ctx.scale)
         else:
             grad = grad_inverse(ctx.blocks, g, ctx.n, ctx.scale)
-        return grad.to(g.dtype), None, None, None, None
+        return grad.to(g.dtype), None, None, None, None, None
 
 
 class Ring(nn.Module):
@@ -91,18 +99,22 @@ class Ring(nn.Module):
 
     The table is a pure function of (sizes, size, sampling, sign, table_seed): it is drawn
     when first needed on the ring's device and never saved. `fan_ref` is the network-wide
-    reference fan-out (the same for every ring of a model, see `apply_rpg`).
+    reference fan-out (the same for every ring of a model, see `apply_rpg`). With `offset`
+    every generated weight gets its layer's entry of theta0 added (a pure function of the
+    shapes and table_seed, drawn like the table, never saved) and the ring starts at 0.
     """
 
     def __init__(self, size: int, paths: list[str], shapes: list[tuple[int, ...]],
                  fan_outs: list[int], fan_ref: int, sampling: str, sign: bool,
-                 table_seed: int, device=None, dtype=None):
+                 table_seed: int, offset: bool = False, device=None, dtype=None):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(size, device=device, dtype=dtype))
         self.paths, self.shapes = list(paths), [tuple(s) for s in shapes]
         self.sizes = [math.prod(s) for s in self.shapes]
         self.sampling, self.sign, self.table_seed = sampling, sign, table_seed
-        self.fan_ref = fan_ref
+        self.fan_ref, self.fan_outs, self.offset = fan_ref, list(fan_outs), offset
+        self.starts = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
+        self._theta0 = None  # drawn when first needed, like the table
         # each layer starts at its own Kaiming fan-out std, with one reference for the network
         self.scales = [math.sqrt(fan_ref / f) for f in fan_outs]
         self._index = self._slices = self._inverse = None  # derived from the recipe
@@ -115,7 +127,10 @@ class Ring(nn.Module):
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
-            self.weight.normal_(0.0, math.sqrt(2.0 / self.fan_ref))
+            if self.offset:  # the model starts at theta0
+                self.weight.zero_()
+            else:
+                self.weight.normal_(0.0, math.sqrt(2.0 / self.fan_ref))
 
     @property
     def generated(self) -> int:
@@ -127,12 +142,33 @@ class Ring(nn.Module):
         return draw_index(self.sizes, self.weight.numel(), self.sampling, self.sign,
                           gen).to(device)
 
+    def draw_theta0(self, device="cpu", dtype=torch.float32) -> torch.Tensor:
+        """The offset theta0, drawn afresh: every layer's Kaiming fan-out normal init
+        N(0, 2 / fan_out), layers concatenated, from its own stream of the table seed."""
+        gen = torch.Generator().manual_seed(self.table_seed ^ THETA0_SALT)
+        parts = [torch.randn(m, generator=gen).mul_(math.sqrt(2.0 / f))
+                 for m, f in zip(self.sizes, self.fan_outs)]
+        return torch.cat(parts).to(device=device, dtype=dtype)
+
     @property
-    def index(self) -> torch.Tensor:
-        """The forward table on the ring's device (drawn on first use)."""
+    def theta0(self) -> torch.Tensor | None:
+        """The offset on the ring's device in the ring's dtype (None without `offset`)."""
+        if not getattr(self, "offset", False):  # (absent from Rings pickled before it)
+            return None
+        if self._theta0 is None:
+            self._check_real()
+            self._theta0 = self.draw_theta0(self.weight.device, self.weight.dtype)
+        return self._theta0
+
+    def _check_real(self) -> None:
         if self.weight.is_meta:
             raise RuntimeError("the ring is on the meta device; move the model to a real "
                                "device first (to_empty(device=...))")
+
+    @property
+    def index(self) -> torch.Tensor:
+        """The forward table on the ring's device (drawn on first use)."""
+        self._check_real()
         if self._index is None:
             self._index = self.draw_table(self.weight.device)
         return self._index
@@ -153,8 +189,8 @@ class Ring(nn.Module):
         return self._inverse[position]
 
     def table_bytes(self) -> int:
-        """Memory the generator keeps besides the ring itself."""
-        tensors = [self._index] if self._index is not None else []
+        """Memory the generator keeps besides the ring itself (tables, theta0)."""
+        tensors = [t for t in (self._index, getattr(self, "_theta0", None)) if t is not None]
         for blocks in self._inverse or []:
             tensors += [t for pair in blocks or [] for t in pair]
         return sum(t.numel() * t.element_size() for t in tensors)
@@ -173,7 +209,10 @@ class Ring(nn.Module):
         blocks = self.inverse(position) if needs_grad and index.device.type != "cpu" else None
         keep = getattr(self, "prune_keep", None)  # (absent from Rings pickled before it)
         src = w if keep is None else w * keep
-        out = _Gather.apply(src, index, self.scales[position], self.shapes[position], blocks)
+        theta0 = self.theta0
+        base = None if theta0 is None else theta0.narrow(0, self.starts[position], index.numel())
+        out = _Gather.apply(src, index, self.scales[position], self.shapes[position], blocks,
+                            base)
         if self._caching:
             self._cache[position] = (key, out)
         return out
@@ -186,6 +225,11 @@ class Ring(nn.Module):
         if index is not None and index.device != self.weight.device:
             meta = index.is_meta or self.weight.is_meta
             self._index = None if meta else index.to(self.weight.device)
+        # theta0 the same way, and drawn again in a new dtype (a cast back would not be exact)
+        theta0, w = getattr(self, "_theta0", None), self.weight
+        if theta0 is not None and (theta0.device != w.device or theta0.dtype != w.dtype):
+            keep = not (w.is_meta or theta0.dtype != w.dtype)
+            self._theta0 = theta0.to(w.device) if keep else None
         self._slices = self._inverse = None
         self._cache = {}
         return self
@@ -196,13 +240,17 @@ class Ring(nn.Module):
                            "DistributedDataParallel (torchrun --nproc_per_node=N) instead.")
 
     def __getstate__(self):
-        # cached weights may hold autograd graph nodes, which deepcopy and pickle refuse
+        # cached weights may hold autograd graph nodes, which deepcopy and pickle refuse;
+        # theta0 is never saved (drawn again from the seed when needed)
         state = self.__dict__.copy()
         state["_cache"], state["_caching"], state["_inverse"], state["_slices"] = {}, 0, None, None
+        state["_theta0"] = None
         return state
 
     def extra_repr(self) -> str:
-        return f"size={self.weight.numel()}, generated={self.generated}, layers={len(self.paths)}"
+        offset = ", offset" if getattr(self, "offset", False) else ""
+        return (f"size={self.weight.numel()}, generated={self.generated}, "
+                f"layers={len(self.paths)}{offset}")
 
 
 @contextmanager

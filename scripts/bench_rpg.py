@@ -52,6 +52,9 @@ def _timed(fn, device):
     return time.perf_counter() - start
 
 
+MODES = ("train_step", "eval", "eval_uncached")
+
+
 def _is_small(size: int, stem: str = "auto") -> bool:
     return size < 64 if stem == "auto" else stem == "cifar"
 
@@ -75,7 +78,7 @@ def profile_table(step, device, rows: int = 12) -> str:
 
 
 def bench_steps(device, steps, batch, params, model="resnet18", size=32, amp=None,
-                channels_last=False, profile=False, stem="auto"):
+                channels_last=False, profile=False, stem="auto", modes=MODES):
     torch.manual_seed(0)
     small = _is_small(size, stem)
     classes = 10 if small else 1000
@@ -113,6 +116,8 @@ def bench_steps(device, steps, batch, params, model="resnet18", size=32, amp=Non
     # eval: one cached() block around all its steps, as the engine wraps its evaluation loop
     # (weights generated once); eval_uncached: every forward generates every weight again
     for mode, make in (("train_step", train), ("eval", infer), ("eval_uncached", infer)):
+        if mode not in modes:
+            continue
         for m in (plain, rpg):
             m.train(mode == "train_step")
         scope = cached(rpg) if mode == "eval" else contextlib.nullcontext()
@@ -233,6 +238,8 @@ def main():
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--profile", action="store_true",
                     help="add the top kernels of one RPG training step (profile_rpg_train_step)")
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help="the steps part's timings, comma-separated subset of " + ",".join(MODES))
     ap.add_argument("--parts", type=_parts, default=list(PARTS),
                     help="comma-separated subset of " + ",".join(PARTS))
     args = ap.parse_args()
@@ -269,7 +276,7 @@ def bench_case(device, params: int, args) -> dict:
     if "steps" in args.parts:
         row.update(bench_steps(device, args.steps, args.batch, params, args.model,
                                args.image_size, AMP[args.amp], args.channels_last,
-                               args.profile, args.stem))
+                               args.profile, args.stem, args.modes.split(",")))
     if "generate" in args.parts:
         row["generate_s"], row["generate_backward_s"] = bench_generate(device, params,
                                                                       args.steps)

@@ -27,9 +27,9 @@ TORCHRUN = $(PYTHON) -m torch.distributed.run --nnodes=$(NODES) --nproc_per_node
   --rdzv_backend=c10d --rdzv_endpoint=$(MASTER_ADDR):$(MASTER_PORT) --rdzv_id=rpg-$@-$$row
 endif
 
-.PHONY: install data train test test-all bench bench-train bench-data imagenet-r18 imagenet-r34 cifar10 cifar100 \
-	sweep-fmnist study-dof study-equal-dof study-ablations aggregate-fmnist study-capacity \
-	aggregate-capacity compress clean
+.PHONY: install data train test test-all bench bench-train bench-data gpu-check imagenet-r18 imagenet-r34 \
+	cifar10 cifar100 sweep-fmnist study-dof study-equal-dof study-ablations aggregate-fmnist \
+	study-capacity aggregate-capacity compress clean
 
 # Debian and Ubuntu ship ensurepip, which venv needs for pip, apart in python3-venv: check it
 # first, so that a failed attempt leaves no half-made .venv behind. pip >= 21.3 installs a
@@ -69,6 +69,13 @@ bench-train: install
 
 bench-data: install
 	$(PYTHON) scripts/bench_data.py $(ARGS)
+
+# every GPU figure in one run of at most 8 minutes (docs/gpu.md): the CUDA tests, bench_rpg,
+# bench_train and the ImageNet ResNet-18 rows' images/second, into docs/results/gpu-check.md.
+# DEVICE=cpu: the same at tiny sizes, into runs/gpu-check-cpu.md (the GPU report is kept)
+DEVICE ?= cuda
+gpu-check: install
+	$(PYTHON) scripts/gpu_check.py --device $(DEVICE) $(ARGS)
 
 # Paper rows on ImageNet, one fixed run directory each under runs/imagenet (a rerun resumes
 # after preemption), then the table beside the paper's numbers:

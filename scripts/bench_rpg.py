@@ -1,6 +1,9 @@
 """Benchmark of the RPG core against the plain backbone. One JSON line per case.
 
     python scripts/bench_rpg.py [--steps 7] [--batch 128] [--device cpu|cuda|all]
+        [--model resnet18] [--image-size 32] [--amp off|bf16] [--channels-last]
+        [--params 1e5[,2359296...]] [--stem auto|cifar|imagenet] [--profile]
+        [--parts steps,generate,plan,leak]
 
 train_step_ratio / eval_ratio: median over interleaved pairs of the RPG step time over the
 plain one, pairs in ABBA order so the machine's drift cancels (eval takes 3x the steps).
@@ -9,6 +12,13 @@ plain no_grad forward, which generates every weight again.
 plan_seconds_resnet50: apply_rpg on resnet50 and drawing its tables. table_bytes_per_generated_weight:
 all the generator keeps besides the rings (index and inverse tables) over the generated
 weights. plan_seconds: apply_rpg on resnet50 (tables drawn, rings built).
+Images under 64 px get the CIFAR stem and 10 classes, larger ones the ImageNet stem and 1000
+(the case name says which; --stem picks one). --params takes a list: one row per ring size.
+--amp bf16 runs every step under autocast, --channels-last converts models and batch.
+table_bytes_per_generated_weight_with_inverse: the same once every layer's inverse blocks (the
+CUDA backward's) exist, on any device. *_ratio_range: the smallest and largest pair ratio.
+peak_mem_ratio (CUDA): peak allocated memory of one training step, RPG over plain.
+--profile adds profile_rpg_train_step: torch.profiler's table of one RPG training step.
 leak_mib_20_cycles: growth of the process's resident memory over 20 cycles of building a
 ResNet18-RPG, one training step and dropping it (after one warm-up cycle).
 """
@@ -42,25 +52,63 @@ def _timed(fn, device):
     return time.perf_counter() - start
 
 
-def bench_steps(device, steps, batch, params):
+MODES = ("train_step", "eval", "eval_uncached")
+
+
+def _is_small(size: int, stem: str = "auto") -> bool:
+    return size < 64 if stem == "auto" else stem == "cifar"
+
+
+def _case(model: str, size: int, stem: str = "auto") -> str:
+    return f"{model}-{'cifar-stem' if _is_small(size, stem) else 'imagenet'}-{size}px"
+
+
+def profile_table(step, device, rows: int = 12) -> str:
+    """The top operators and kernels of one call of `step`, by their own time on the device."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    step()  # warm
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        step()
+        _sync(device)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
+def bench_steps(device, steps, batch, params, model="resnet18", size=32, amp=None,
+                channels_last=False, profile=False, stem="auto", modes=MODES):
     torch.manual_seed(0)
-    plain = create_model("resnet18", 10, small_input=True).to(device)
-    rpg = apply_rpg(create_model("resnet18", 10, small_input=True), "network", params).to(device)
-    x = torch.randn(batch, 3, 32, 32, device=device)
-    y = torch.randint(10, (batch,), device=device)
+    small = _is_small(size, stem)
+    classes = 10 if small else 1000
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def build():
+        return create_model(model, classes, small_input=small)
+
+    plain = build().to(device, memory_format=fmt)
+    rpg = apply_rpg(build(), "network", params).to(device, memory_format=fmt)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(classes, (batch,), device=device)
     opts = {id(m): torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in (plain, rpg)}
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp, enabled=amp is not None)
 
     def train(model):
         def step():
             opt = opts[id(model)]
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
+            with autocast():
+                out = model(x)
+            F.cross_entropy(out.float(), y).backward()
             opt.step()
         return step
 
     def infer(model):
         def step():
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 model(x)
         return step
 
@@ -68,14 +116,36 @@ def bench_steps(device, steps, batch, params):
     # eval: one cached() block around all its steps, as the engine wraps its evaluation loop
     # (weights generated once); eval_uncached: every forward generates every weight again
     for mode, make in (("train_step", train), ("eval", infer), ("eval_uncached", infer)):
+        if mode not in modes:
+            continue
         for m in (plain, rpg):
             m.train(mode == "train_step")
         scope = cached(rpg) if mode == "eval" else contextlib.nullcontext()
         with scope:
             _pairs(mode, make, plain, rpg, steps, device, out)
+    if profile:
+        rpg.train()
+        out["profile_rpg_train_step"] = profile_table(train(rpg), device)
+    if device.type == "cuda":
+        peak = {}
+        for name, m in (("plain", plain), ("rpg", rpg)):
+            m.train()
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            train(m)()
+            torch.cuda.synchronize(device)
+            peak[name] = torch.cuda.max_memory_allocated(device) / 2**20
+        out["peak_mib_plain"], out["peak_mib_rpg"] = round(peak["plain"]), round(peak["rpg"])
+        out["peak_mem_ratio"] = round(peak["rpg"] / peak["plain"], 4)
     rep = param_report(rpg)
     table = sum(r.table_bytes() for r in rings_of(rpg))
     out["table_bytes_per_generated_weight"] = round(table / rep["generated"], 4)
+    for ring in rings_of(rpg):  # the CUDA backward's tables, made here on any device
+        for position in range(len(ring.sizes)):
+            ring.inverse(position)
+    table = sum(r.table_bytes() for r in rings_of(rpg))
+    out["table_bytes_per_generated_weight_with_inverse"] = round(table / rep["generated"], 4)
     return out
 
 
@@ -93,8 +163,9 @@ def _pairs(mode, make, plain, rpg, steps, device, out):
     out[f"{mode}_plain_s"] = round(med["plain"], 4)
     out[f"{mode}_rpg_s"] = round(med["rpg"], 4)
     # median of the per-pair ratios: each pair ran back to back, so slow drift cancels
-    out[f"{mode}_ratio"] = round(statistics.median(
-        r / p for r, p in zip(times["rpg"], times["plain"])), 4)
+    ratios = [r / p for r, p in zip(times["rpg"], times["plain"])]
+    out[f"{mode}_ratio"] = round(statistics.median(ratios), 4)
+    out[f"{mode}_ratio_range"] = [round(min(ratios), 4), round(max(ratios), 4)]
 
 
 def bench_generate(device, params, steps):
@@ -156,23 +227,64 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=11)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--params", type=float, default=1e5)
+    ap.add_argument("--params", type=_floats, default=[1e5],
+                    help="ring sizes, comma-separated: one row each")
     ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
+    ap.add_argument("--model", default="resnet18")
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--stem", default="auto", choices=["auto", "cifar", "imagenet"],
+                    help="auto: the CIFAR stem under 64 px, else ImageNet's")
+    ap.add_argument("--amp", default="off", choices=sorted(AMP))
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--profile", action="store_true",
+                    help="add the top kernels of one RPG training step (profile_rpg_train_step)")
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help="the steps part's timings, comma-separated subset of " + ",".join(MODES))
+    ap.add_argument("--parts", type=_parts, default=list(PARTS),
+                    help="comma-separated subset of " + ",".join(PARTS))
     args = ap.parse_args()
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     for name in devices:
         if name == "cuda" and not torch.cuda.is_available():
             continue
         device = torch.device(name)
-        row = dict(case="resnet18-cifar-stem-32px", device=name, batch=args.batch,
-                   params=int(args.params), threads=torch.get_num_threads(),
-                   torch=torch.__version__)
-        row.update(bench_steps(device, args.steps, args.batch, int(args.params)))
-        row["generate_s"], row["generate_backward_s"] = bench_generate(device, int(args.params),
+        for params in map(int, args.params):
+            print(json.dumps(bench_case(device, params, args)), flush=True)
+
+
+AMP = {"off": None, "bf16": torch.bfloat16}
+PARTS = ("steps", "generate", "plan", "leak")
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
+def _parts(text: str) -> list[str]:
+    parts = text.split(",")
+    bad = [p for p in parts if p not in PARTS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown part {bad[0]!r}; choose from {','.join(PARTS)}")
+    return parts
+
+
+def bench_case(device, params: int, args) -> dict:
+    row = dict(case=_case(args.model, args.image_size, args.stem), device=device.type,
+               batch=args.batch, params=params, threads=torch.get_num_threads(), torch=torch.__version__)
+    if args.amp != "off" or args.channels_last:  # the default rows stay as they were
+        row.update(amp=args.amp, channels_last=args.channels_last)
+    if "steps" in args.parts:
+        row.update(bench_steps(device, args.steps, args.batch, params, args.model,
+                               args.image_size, AMP[args.amp], args.channels_last,
+                               args.profile, args.stem, args.modes.split(",")))
+    if "generate" in args.parts:
+        row["generate_s"], row["generate_backward_s"] = bench_generate(device, params,
                                                                       args.steps)
+    if "plan" in args.parts:
         row["plan_seconds_resnet50"] = bench_plan(device)
+    if "leak" in args.parts:
         row["leak_mib_20_cycles"] = bench_leak(device)
-        print(json.dumps(row), flush=True)
+    return row
 
 
 if __name__ == "__main__":

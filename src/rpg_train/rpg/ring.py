@@ -1,16 +1,18 @@
 """A ring: the trainable vector that generates a group of layers' weights, and the swap
 that makes those layers read their `weight` from it.
 
-Forward: every access to a generated layer's `weight` gathers it from `cat(ring, -ring)`
-through the layer's slice of an int32 table (4 bytes per generated weight) and scales it.
+Forward: every access to a generated layer's `weight` gathers it from the ring through the
+layer's slice of an int32 table (4 bytes per generated weight; entry `i` or `N + i` for
+-ring[i]) and multiplies it by its signed scale: each pass is over the layer's weights,
+none over the ring, so a ring far larger than a layer costs nothing extra.
 Nothing is cached outside `cached(model)`, so a weight is never stale, whatever changed the
 ring (fused optimizers, `.data`, `load_state_dict`), and every forward builds its own graph.
 With `k` > 1 every generated weight is the sum of k signed entries (k tables, one slot per
 entry, 4k bytes per generated weight), scaled by 1/sqrt(k).
 With `offset`, a frozen random theta0 (each layer's Kaiming init, drawn from the table seed,
 never trained or saved; one float per generated weight) is added to every generated weight.
-Backward, deterministic by construction: on the CPU `index_add_` runs serially into a float32
-accumulator; on other devices (where it would use atomics) a per-layer inverse table, built
+Backward, deterministic by construction: on the CPU `index_add_` of the signed, scaled
+gradients runs serially into one ring-sized float32 accumulator; on other devices (where it would use atomics) a per-layer inverse table, built
 once from the forward table, turns the scatter-add into a gather plus a fixed-order sum.
 The autograd graph holds only tensors and numbers, never the module, so a dropped model is
 freed at once.
@@ -55,12 +57,21 @@ def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def signed_entries(index: torch.Tensor, n: int, scale: float, dtype: torch.dtype):
+    """A layer's table as (ring entry, its multiplier +-scale in `dtype`), one pass each over
+    the layer: what the forward and the CPU backward use instead of a 2N copy of the ring."""
+    negative = index >= n
+    one = torch.ones((), dtype=dtype, device=index.device)
+    return torch.remainder(index, n), torch.where(negative, one * -scale, one * scale)
+
+
 def grad_serial(index: torch.Tensor, g: torch.Tensor, n: int, scale: float) -> torch.Tensor:
     """One layer's ring gradient by scatter-add (CPU: `index_add_` runs serially, so it is
-    exact and deterministic, and the small ring stays in cache)."""
-    acc = torch.zeros(2 * n, dtype=_accumulator_dtype(g.dtype), device=g.device)
-    acc.index_add_(0, index, g.reshape(-1).to(acc.dtype), alpha=scale)
-    return acc[:n] - acc[n:]
+    deterministic) of the signed, scaled gradients into N accumulators."""
+    dtype = _accumulator_dtype(g.dtype)
+    entry, multiplier = signed_entries(index, n, scale, dtype)
+    acc = torch.zeros(n, dtype=dtype, device=g.device)
+    return acc.index_add_(0, entry, g.reshape(-1).to(dtype) * multiplier)  # g is not ours
 
 
 def grad_inverse(blocks, g: torch.Tensor, n: int, scale: float) -> torch.Tensor:
@@ -74,8 +85,8 @@ def grad_inverse(blocks, g: torch.Tensor, n: int, scale: float) -> torch.Tensor:
 
 
 class _Gather(torch.autograd.Function):
-    """ring -> one layer's weight: a gather through the table (k slots per weight, summed in
-    a fixed order), then the scale in place, then the frozen offset theta0 (`base`, or None)
+    """ring -> one layer's weight: a gather through the table times the signed scale (k slots
+    per weight, summed in a fixed order), then the frozen offset theta0 (`base`, or None)
     added in place."""
 
     @staticmethod
@@ -83,10 +94,12 @@ class _Gather(torch.autograd.Function):
         ctx.save_for_backward(index)
         ctx.n, ctx.scale, ctx.blocks = ring.numel(), scale, blocks
         ctx.k = index.numel() // math.prod(shape)
-        out = torch.cat([ring, -ring]).index_select(0, index)
-        if ctx.k > 1:  # weight p reads slots p*k .. p*k + k - 1
+        # (-r) * s and r * (-s) are the same number: bit-equal to gathering from cat(r, -r)
+        entry, multiplier = signed_entries(index, ring.numel(), scale,
+                                           _accumulator_dtype(ring.dtype))
+        out = ring.index_select(0, entry).mul_(multiplier)
+        if ctx.k > 1:  # weight p reads slots p*k .. p*k + k - 1 (scale is per slot)
             out = out.view(-1, ctx.k).sum(1)
-        out.mul_(scale)
         if base is not None:
             out.add_(base)
         return out.view(shape)

@@ -51,9 +51,15 @@ def method_label(config: dict, results: dict) -> str:
     label = {"iid": "hashing (iid)", "plain": "plain recurrence"}.get(sampling, "RPG")
     if scope != "network":
         label += f" {scope} scope"
-    # plain recurrence reads the ring without signs: "no sign" would only repeat that
-    if setting(config, results, "rpg.sign", True) is False and sampling != "plain":
+    # the plain-recurrence control is used without signs: name the signs when it has them
+    signed = setting(config, results, "rpg.sign", True) is not False
+    if sampling == "plain" and signed:
+        label += " + signs"
+    elif sampling != "plain" and not signed:
         label += " no sign"
+    k = int(setting(config, results, "rpg.k", 1))
+    if k > 1:  # denser projections: k signed entries a weight
+        label += f" k={k}"
     if setting(config, results, "rpg.offset", False) is True:
         label += " + subspace offset"
     if sampling == "ring":

@@ -210,6 +210,7 @@ def test_plot_is_a_png(out):
     ("none", "even", True, 0.5, False, "width"),
     ("none", "even", True, None, True, "pruning"),
     ("network", "plain", False, None, False, "plain recurrence"),
+    ("network", "plain", True, None, False, "plain recurrence + signs"),
 ])
 def test_method_label(scope, sampling, sign, width, prune, label):
     method_label = load("_runs").method_label
@@ -225,6 +226,11 @@ def test_method_label(scope, sampling, sign, width, prune, label):
 def test_offset_label():
     rpg = {"scope": "network", "sampling": "even", "sign": True, "offset": True}
     assert load("_runs").method_label({"rpg": rpg}, {}) == "RPG + subspace offset"
+
+
+def test_denser_projections_label():
+    rpg = {"scope": "network", "sampling": "even", "sign": True, "k": 4}
+    assert load("_runs").method_label({"rpg": rpg}, {}) == "RPG k=4"
 
 
 @pytest.mark.parametrize("finetune, label", [(1, "RPG + ring pruning"),

@@ -105,6 +105,6 @@ def test_a_full_disk_during_training_stops_the_run_in_one_line(quick_cfg, tmp_pa
     from rpg_train.engine import train
 
     monkeypatch.setattr(checkpoint, "open", _full_disk_after(2000), raising=False)
-    with pytest.raises(UserError, match=r"^out_dir='.*run' is full: saving last.pt failed"):
+    with pytest.raises(UserError, match=r"^hydra.run.dir='.*run' is full: saving last.pt failed"):
         train(quick_cfg("trainer.max_steps=1"))
     assert not list((tmp_path / "run").glob("*.tmp"))

@@ -372,3 +372,20 @@ def test_an_interval_reads_as_words(interval, words):
         check_interval("trainer.k", -5.0, meta, nullable=True)
     assert str(info.value) == f"trainer.k=-5.0 {words} (or null: no bound)"
     check_interval("trainer.k", None, meta, nullable=True)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("trainer.seed=18446744073709551616", "trainer.seed"),  # 2**64: torch refuses it
+    ("rpg.seed=-9223372036854775809", "rpg.seed"),  # -2**63 - 1
+])
+def test_seeds_are_in_torchs_range(compose_cfg, override, key):
+    with pytest.raises(UserError, match=rf"^{key}=-?\d+ must be a seed torch takes"):
+        validate(compose_cfg([override], out_dir="/tmp/unused"))
+
+
+def test_a_bad_wandb_mode_is_refused_before_any_work(compose_cfg, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "sometimes")
+    cfg = compose_cfg(["logger=wandb"], out_dir="/tmp/unused")
+    with pytest.raises(UserError, match=r"^WANDB_MODE='sometimes' is not a W&B mode"):
+        validate(cfg)
+    validate(compose_cfg([], out_dir="/tmp/unused"))  # without W&B the variable is not read

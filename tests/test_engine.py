@@ -92,10 +92,15 @@ def test_the_tables_seed_is_the_run_seed_in_the_outputs_and_on_resume(quick_cfg,
     assert _state(out / "last.pt")["identity"]["rpg"]["seed"] == 4
     resumed = train(quick_cfg("trainer.seed=4", "trainer.epochs=2", "trainer.resume=auto"))
     assert resumed["steps"] == 8 and resumed["rpg"]["seed"] == 4
-    with pytest.raises(UserError, match=r"is a checkpoint of a different rpg .*'seed': 4.* != "
-                                        r"this run's .*'seed': 5"):
+    # another run seed is refused first, as any resume that changes trainer.seed
+    with pytest.raises(UserError, match=r"was trained with trainer.seed 4 \(now 5\)"):
         train(quick_cfg("trainer.seed=5", "trainer.epochs=2", f"trainer.resume={out / 'last.pt'}",
                         out="other"))
+    # the same run seed with other tables is another ring
+    with pytest.raises(UserError, match=r"is a checkpoint of a different rpg .*'seed': 4.* != "
+                                        r"this run's .*'seed': 5"):
+        train(quick_cfg("trainer.seed=4", "rpg.seed=5", "trainer.epochs=2",
+                        f"trainer.resume={out / 'last.pt'}", out="other2"))
 
 
 def test_resume_refuses_other_model_ring_and_non_checkpoints(quick_cfg, tmp_path):

@@ -102,10 +102,12 @@ def test_a_fresh_run_in_a_used_directory_is_refused_unless_resumed_or_overwritte
                            "trainer.resume=auto"))["steps"] == first["steps"]
     assert train(quick_cfg("trainer.limit_batches=1", "trainer.epochs=2",
                            f"trainer.resume={run / 'best.pt'}"))["steps"] == first["steps"]
-    # asked explicitly: the old run's records go, the new run's come
+    # asked explicitly: the old run's records go, the new run's come; so does its W&B run
+    # id, or the new run would log into the old W&B run
+    (run / "wandb_id.txt").write_text("oldrun12\n")
     again = train(quick_cfg("trainer.limit_batches=1", "model.name=resnet32",
                             "trainer.overwrite=true"))
     assert again["model"]["name"] == "resnet32" and again["steps"] == 1
-    assert not (run / "last.prev.pt").exists()
+    assert not (run / "last.prev.pt").exists() and not (run / "wandb_id.txt").exists()
     assert checkpoint.load(run / "last.pt").state["identity"]["model"]["name"] == "resnet32"
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1

@@ -43,7 +43,11 @@ def test_two_processes_one_process_and_accumulation_train_the_same_ring(tmp_path
     assert (r2["world_size"], r3["world_size"]) == (2, 1)
     for other in (two, acc):
         for k in one:
-            assert torch.allclose(one[k], other[k], atol=1e-5, rtol=0), (k, (one[k] - other[k]).abs().max())
+            # equal up to float rounding, which the 4 steps amplify: 5.9e-6 with the old
+            # two-bucket ring backward, 4.4e-5 with the signed one-bucket one (each ring
+            # gradient is as exact as before: ~1e-7 relative); a missed sync or a wrong lr
+            # scale moves the ring by more than 1e-3 (the check below)
+            assert torch.allclose(one[k], other[k], atol=1e-4, rtol=0), (k, (one[k] - other[k]).abs().max())
     # and the ring did move: the comparison is not between untouched initial values
     start, _ = _run(tmp_path, "zero", "data.batch_size=16", "optim.lr=1e-12")
     assert all((one[k] - start[k]).abs().max() > 1e-3 for k in one)

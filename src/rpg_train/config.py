@@ -21,6 +21,10 @@ from .errors import UserError
 ConfigError = UserError  # the old name: a bad config value is a user error like any other
 
 
+# torch.manual_seed takes [-2**63, 2**64)
+SEED_RANGE, SEED_SAYS = "[-9223372036854775808, 18446744073709551616)", "a seed torch takes"
+
+
 def within(default, interval: str, *, says: str = "", null: str = "", length: int = 0):
     """A numeric field and the interval its values must lie in, "[0, 1)", "(0, inf)", ...,
     checked by `validate` for every such field (each entry of a list; NaN lies in none).
@@ -64,7 +68,7 @@ class RPGConfig:
     params: float = field(default=25000, metadata=dict(checked_by="apply_rpg"))
     # seeds the index and sign tables; by default the run's seed, so a sweep over
     # trainer.seed redraws the tables too (runs before this default used 0)
-    seed: int = within(II("trainer.seed"), "(-inf, inf)")
+    seed: int = within(II("trainer.seed"), SEED_RANGE, says=SEED_SAYS)
     sampling: str = "even"  # rpg.SAMPLINGS: even | ring | iid | plain
     sign: bool = True
     # a frozen random theta0 (each layer's Kaiming init, from rpg.seed) added to the generated
@@ -154,7 +158,7 @@ class SchedConfig:
 @dataclass
 class TrainerConfig:
     epochs: int = within(5, "[1, inf)")
-    seed: int = within(0, "(-inf, inf)")
+    seed: int = within(0, SEED_RANGE, says=SEED_SAYS)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | off | bf16 | fp16
     channels_last: bool = True
@@ -311,8 +315,9 @@ def validate(cfg) -> None:
     if not is_available(cfg.model.name):
         raise UserError("model.name", cfg.model.name, "is not a known model; choose one of: "
                         + ", ".join(available()))
-    for key, (meta, nullable) in numeric_keys().items():
-        check_interval(key, _get(cfg, key), meta, nullable)
+    keys = numeric_keys()  # trainer.seed first: rpg.seed follows it by default
+    for key in sorted(keys, key=lambda k: k != "trainer.seed"):
+        check_interval(key, _get(cfg, key), *keys[key])
     for key in ("data.auto_augment", "data.re_prob"):
         if _get(cfg, key) and cfg.data.name != "imagenet":
             raise UserError(key, _get(cfg, key), "is for data=imagenet only (the in-memory "
@@ -341,6 +346,12 @@ def validate(cfg) -> None:
                         "is not a directory (and data.download is false)")
     _validate_baselines(cfg)
     _validate_ring_prune(cfg.rpg)
+    if cfg.logger.name == "wandb":  # a bad WANDB_MODE: on every rank, before any work
+        import os
+
+        from .log.wandb_logger import resolve_mode
+
+        resolve_mode(cfg.logger.mode, os.environ)
     resume = cfg.trainer.resume
     if resume not in (None, "auto") and not Path(resume).is_file():
         raise UserError("trainer.resume", resume, "does not exist; give a checkpoint file "

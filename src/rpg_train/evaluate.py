@@ -7,7 +7,6 @@ The checkpoint is read with weights_only: a file that carries code is refused, n
 """
 from __future__ import annotations
 
-import json
 import sys
 from functools import partial
 
@@ -21,6 +20,7 @@ from .engine.build import build
 from .engine.distributed import resolve_device
 from .engine.loop import evaluate as evaluate_loader
 from .errors import UserError
+from .log import strict_json
 
 
 def checkpoint_config(ckpt: checkpoint.Checkpoint, overrides=()):
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     except UserError as err:  # bad input: one line; anything else is a bug with a traceback
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2))
+    print(strict_json(result, indent=2))
     return 0
 
 

@@ -17,7 +17,8 @@ log = logging.getLogger("rpg_train")
 
 LOCK = "run.lock"
 RECORDS = ("last.pt", "best.pt", "results.json", "metrics.jsonl")  # a run has been here
-REPLACED = (*RECORDS, "last.prev.pt")  # what trainer.overwrite=true removes
+# what trainer.overwrite=true removes (wandb_id.txt: the new run is a new W&B run)
+REPLACED = (*RECORDS, "last.prev.pt", "wandb_id.txt", "failed.txt")
 
 
 def holder(out_dir) -> str | None:

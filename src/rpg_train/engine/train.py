@@ -397,7 +397,7 @@ def save(run: Run, name: str) -> None:
             ema=None if run.ema is None else run.ema.module.state_dict(),
             config=run.resolved, selected=run.selected, ring_prune=run.ring_prune,
             provenance=provenance()),
-            keep_previous=name == "last.pt")
+            keep_previous=name == "last.pt", key="hydra.run.dir")
     run.last_save = time.monotonic()
     barrier()
 

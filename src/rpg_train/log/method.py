@@ -7,22 +7,27 @@ SAMPLING_METHODS = {"iid": "hashing", "plain": "plain-recurrence"}
 
 
 def method_label(cfg: dict) -> str:
-    """pruning | dense | width | hashing | plain-recurrence | subspace | rpg-nosign | rpg,
-    from the resolved config (plain containers). Keys a config may lack (older runs, or
-    generator options added later) read as their defaults."""
+    """pruning | dense | width | hashing | plain-recurrence | subspace | rpg, with what sets a
+    run apart from its method's control: -nosign (rpg, hashing), -signed (plain recurrence,
+    whose control has no signs), +subspace (an offset on hashing or plain recurrence), -kN
+    (rpg.k). From the resolved config (plain containers); keys a config may lack (older
+    runs) read as their defaults."""
     if (cfg.get("prune") or {}).get("init") is not None:
         return "pruning"
     rpg, model = cfg.get("rpg") or {}, cfg.get("model") or {}
     if rpg.get("scope", "network") == "none":
         return "dense" if float(model.get("width", 1.0)) == 1.0 else "width"
     sampling = rpg.get("sampling", "even")
-    if sampling in SAMPLING_METHODS:
-        return SAMPLING_METHODS[sampling]
+    label = SAMPLING_METHODS.get(sampling, "rpg")
     if rpg.get("offset", False):
-        return "subspace"
-    if rpg.get("sign", True) is False:
-        return "rpg-nosign"
-    return "rpg"
+        label = "subspace" if label == "rpg" else label + "+subspace"
+    signed = rpg.get("sign", True) is not False
+    if sampling == "plain" and signed:
+        label += "-signed"
+    elif sampling != "plain" and not signed:
+        label += "-nosign"
+    k = int(rpg.get("k", 1))
+    return label + (f"-k{k}" if k > 1 else "")
 
 
 def count(n: int) -> str:

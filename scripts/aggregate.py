@@ -45,7 +45,7 @@ SUMMARY_COLUMNS = ["method", "setting", "model", "trainable", "ring", "generated
 FIT_METHOD = "RPG"  # only plain RPG follows the DoF law; ablations are single points
 MIN_SIZES = 3  # distinct trainable counts a fit needs; the saturating one needs one more
 FIT_RULE = (f"A fit needs {MIN_SIZES} distinct sizes (each seed a point), the saturating "
-            f"top-1 = a − b·DoF^(−c) {MIN_SIZES + 1} (three parameters); the log-linear "
+            f"top-1 = a − b·DoF^(−c) needs {MIN_SIZES + 1} (three parameters); the log-linear "
             "top-1 = a + b·log10(DoF) is fitted only below the size where the saturating fit "
             f"comes within {SATURATION_MARGIN} points of its plateau a (over every size when "
             "there is no saturating fit).")

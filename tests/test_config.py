@@ -8,8 +8,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from rpg_train.config import (Config, ConfigError, check_interval, choices, numeric_keys, validate,
-                               within)
+from rpg_train.config import Config, ConfigError, check_interval, numeric_keys, within
 from rpg_train.data import DATASETS
 from rpg_train.engine.amp import AMP, amp_dtype
 from rpg_train.engine.build import build_model
@@ -17,6 +16,7 @@ from rpg_train.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, lr_sc
 from rpg_train.errors import UserError
 from rpg_train.models import create_model, smallest_input
 from rpg_train.rpg import SAMPLINGS, SCOPES, param_report
+from rpg_train.validation import choices, validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # conf/hydra holds Hydra's own options (the SLURM launcher), not the run's

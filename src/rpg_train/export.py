@@ -32,7 +32,6 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import prune
 
-from .config import validate
 from .engine import checkpoint
 from .engine.build import build_model, identity
 from .engine.prune import pruned_layers
@@ -42,6 +41,7 @@ from .models import create_model
 from .rpg import (load_compact, materialize, quantize_ring, rings_of, save_compact,
                   set_ring_masks)
 from .rpg.quant import BITS
+from .validation import validate
 
 FORMATS = ("compact", "dense", "torchscript", "onnx")
 ATOL = 1e-5

@@ -32,17 +32,19 @@ assert not any(m.startswith("rpg_train") for m in sys.modules)
 loaded = {}
 for layer in sys.argv[1:]:
     r, w = os.pipe()
-    if os.fork() == 0:
-        __import__(layer)
-        os.write(w, json.dumps(sorted(m for m in sys.modules if m.startswith("rpg_train"))).encode())
-        os._exit(0)
+    if os.fork() == 0:  # the child: import, report, and never return into this loop
+        try:
+            __import__(layer)
+            ours = sorted(m for m in sys.modules if m.startswith("rpg_train"))
+            os.write(w, json.dumps(ours).encode())
+        finally:
+            os._exit(0)
     os.close(w)
     with os.fdopen(r) as pipe:
         loaded[layer] = json.loads(pipe.read() or "null")
     os.wait()
 print(json.dumps(loaded))
 """
-
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # the imports made inside functions that reach up, each for a reason
@@ -51,10 +53,10 @@ LATE = {("rpg_train.engine.train", "rpg_train.validation"),  # train(cfg) valida
 
 
 def loaded_by_each_layer() -> dict:
-    src = str(SRC)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
     out = subprocess.run([sys.executable, "-c", PROBE, *LAYERS], env=env, capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.splitlines()[-1])
 
@@ -63,7 +65,7 @@ def test_each_layer_loads_nothing_above_it():
     loaded = loaded_by_each_layer()
     assert "rpg_train.engine.train" in loaded["rpg_train.evaluate"]  # the probe sees imports
     for layer, above in LAYERS.items():
-        assert layer in loaded[layer]
+        assert loaded[layer] and layer in loaded[layer], f"{layer} does not import alone"
         wrong = [m for m in loaded[layer] for a in above if m == a or m.startswith(a + ".")]
         assert not wrong, f"importing {layer} loads {wrong}"
 
@@ -76,9 +78,10 @@ def imports(path: Path, module: str) -> set:
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
-            base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]) \
-                if node.level else node.module
-            base = f"{base}.{node.module}" if node.level and node.module else base
+            base = node.module
+            if node.level:  # relative: its package, then up one package per extra dot
+                here = package.split(".")[:len(package.split(".")) + 1 - node.level]
+                base = ".".join([*here, node.module] if node.module else here)
             found |= {base} | {f"{base}.{a.name}" for a in node.names}
     return {m for m in found if m.startswith("rpg_train")}
 

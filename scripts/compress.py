@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from rpg_train.config import validate
 from rpg_train.data import build_data
 from rpg_train.engine import checkpoint, train
 from rpg_train.engine.amp import autocast_for
@@ -42,6 +41,7 @@ from rpg_train.evaluate import checkpoint_config
 from rpg_train.export import load_trained
 from rpg_train.rpg import prune_ring, quantize_ring, rings_of, save_compact
 from rpg_train.rpg.quant import pack_bits, quantize
+from rpg_train.validation import validate
 
 PROG = "compress.py"
 QUANT = [(8, None), (4, None), (4, 64)]  # (bits, block) of the ring rows; None: one per ring

@@ -8,15 +8,15 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from rpg_train.config import (Config, ConfigError, check_interval, choices, numeric_keys, validate,
-                               within)
+from rpg_train.config import Config, ConfigError, check_interval, numeric_keys, within
 from rpg_train.data import DATASETS
 from rpg_train.engine.amp import AMP, amp_dtype
 from rpg_train.engine.build import build_model
-from rpg_train.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, lr_factor
+from rpg_train.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, lr_schedule
 from rpg_train.errors import UserError
 from rpg_train.models import create_model, smallest_input
 from rpg_train.rpg import SAMPLINGS, SCOPES, param_report
+from rpg_train.validation import choices, validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # conf/hydra holds Hydra's own options (the SLURM launcher), not the run's
@@ -186,7 +186,7 @@ def test_builders_refuse_unknown_names_instead_of_a_default():
               gamma=0.1, decay_epochs=45)
     with pytest.raises(UserError, match=r"^sched.name='poly' is not valid; choose one of: "
                                         r"cosine, step, exp, constant$"):
-        lr_factor(3.0, name="poly", **kw)
+        lr_schedule(name="poly", **kw)  # when the schedule is made, not at its first step
     with pytest.raises(UserError, match=r"^trainer.amp='fp8' is not valid"):
         amp_dtype("fp8", torch.device("cpu"))
     assert amp_dtype("auto", torch.device("cpu")) is None

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rpg_train.engine import Interrupted, checkpoint, train
-from rpg_train.engine.optim import lr_factor, param_groups
+from rpg_train.engine.optim import lr_schedule, param_groups
 from rpg_train.engine.signals import StopSignals
 from rpg_train.errors import UserError
 from rpg_train.evaluate import evaluate_checkpoint, main as evaluate_main
@@ -154,12 +154,12 @@ def test_ring_gets_weight_decay_and_norms_follow_wd_norm():
 def test_schedules():
     kw = dict(epochs=90, warmup_epochs=0, warmup_start=0.1, min_ratio=0.0, step_size=30,
               gamma=0.1, decay_epochs=45)
-    assert lr_factor(45.5, name="exp", **kw) == pytest.approx(0.1)
-    assert lr_factor(90, name="exp", **kw) == pytest.approx(0.01)
-    assert lr_factor(61, name="step", **kw) == pytest.approx(0.01)
-    assert lr_factor(45, name="cosine", **kw) == pytest.approx(0.5)
-    assert lr_factor(0.5, name="cosine", **{**kw, "warmup_epochs": 1}) == pytest.approx(0.55)
-    assert lr_factor(10, name="constant", **kw) == 1.0
+    assert lr_schedule(name="exp", **kw)(45.5) == pytest.approx(0.1)
+    assert lr_schedule(name="exp", **kw)(90) == pytest.approx(0.01)
+    assert lr_schedule(name="step", **kw)(61) == pytest.approx(0.01)
+    assert lr_schedule(name="cosine", **kw)(45) == pytest.approx(0.5)
+    assert lr_schedule(name="cosine", **{**kw, "warmup_epochs": 1})(0.5) == pytest.approx(0.55)
+    assert lr_schedule(name="constant", **kw)(10) == 1.0
 
 
 def test_wandb_offline_writes_the_run(quick_cfg, tmp_path, monkeypatch):

@@ -18,13 +18,14 @@ from omegaconf import OmegaConf
 
 import rpg_train
 from rpg_train import __main__ as app_main
-from rpg_train.config import LoggerConfig, validate
+from rpg_train.config import LoggerConfig
 from rpg_train.engine import train
 from rpg_train.errors import UserError
 from rpg_train.evaluate import evaluate_checkpoint
 from rpg_train.log import console, method_label
 from rpg_train.log.provenance import git_commit, provenance
 from rpg_train.log.wandb_logger import init_args
+from rpg_train.validation import validate
 
 provenance_module = importlib.import_module("rpg_train.log.provenance")  # not the function
 ROOT = Path(__file__).resolve().parents[1]

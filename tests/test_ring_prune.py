@@ -4,7 +4,7 @@ import re
 import pytest
 import torch
 
-from rpg_train.config import validate
+from rpg_train.validation import validate
 from rpg_train.engine import train
 from rpg_train.errors import UserError
 

@@ -1,5 +1,7 @@
 """The config schema (dataclasses in Hydra's ConfigStore, so every key's type is checked when
-the config is composed) and `validate`, which rejects bad values before any work starts.
+the config is composed), each numeric field's interval beside it, and the checks the values
+alone decide. The bottom layer: it imports nothing of the package but `errors`; the checks
+against the registries, the machine and the files are in `validation`, which runs these too.
 
 The schema holds every default; the YAML files in conf/ only change what their option selects.
 """
@@ -10,7 +12,6 @@ import math
 import re
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -27,7 +28,7 @@ SEED_RANGE, SEED_SAYS = "[-9223372036854775808, 18446744073709551616)", "a seed 
 
 def within(default, interval: str, *, says: str = "", null: str = "", length: int = 0):
     """A numeric field and the interval its values must lie in, "[0, 1)", "(0, inf)", ...,
-    checked by `validate` for every such field (each entry of a list; NaN lies in none).
+    checked by `check_numbers` for every such field (each entry of a list; NaN lies in none).
     `says` words the message instead of the interval; `null` says what a null value means;
     `length` is a list's."""
     meta = dict(interval=interval, says=says, null=null, length=length)
@@ -225,28 +226,6 @@ def register() -> None:
     ConfigStore.instance().store(name="config_schema", node=Config)
 
 
-def choices() -> dict:
-    """Every key with a fixed set of values, read from the registry that acts on it, so a
-    value the schema accepts is one the code can build (imported late: the registries import
-    this module)."""
-    from .data import DATASETS
-    from .engine.amp import AMP
-    from .engine.guard import POLICIES
-    from .engine.optim import OPTIMIZERS, SCHEDULES
-    from .log import LOGGERS, WANDB_MODES
-    from .rpg import SAMPLINGS, SCOPES
-
-    return {"rpg.scope": SCOPES, "rpg.sampling": SAMPLINGS, "data.name": DATASETS,
-            "optim.name": OPTIMIZERS, "sched.name": SCHEDULES, "trainer.amp": AMP, "trainer.nan_policy": POLICIES,
-            "logger.name": LOGGERS, "logger.mode": WANDB_MODES}
-
-
-def check_choice(key: str, value, registry) -> None:
-    """The one message for a value outside its registry: key, value and the choices."""
-    if value not in registry:
-        raise UserError(key, value, "is not valid; choose one of: " + ", ".join(registry))
-
-
 def numeric_keys(node=None, prefix: str = "") -> dict:
     """Every numeric key of the schema (int and float, also Optional or in a List), nested
     groups included: {key: (its field's metadata, whether it may be null)}."""
@@ -291,118 +270,54 @@ def check_interval(key: str, value, meta, nullable: bool = False) -> None:
     raise UserError(key, value, reason)
 
 
-def _get(cfg, dotted: str):
+def value_of(cfg, key: str):
+    """The value at a dotted key: value_of(cfg, "optim.lr")."""
     node = cfg
-    for part in dotted.split("."):
+    for part in key.split("."):
         node = getattr(node, part)
     return node
 
 
-def validate(cfg) -> None:
-    """Reject bad values with one line naming the key and the value, before any work: every
-    numeric key against its interval (`within`), then what depends on several keys, then the
-    model against the dataset. rpg.params is left to apply_rpg, the one place that knows how
-    many weights a ring of that size generates (it accepts integers >= 1 and fractions in
-    (0, 1))."""
-    import torch
+# The checks the values alone decide, run by validation.validate in its order among the
+# checks that need the registries, the machine or the files.
 
-    from .models import available, is_available
-
+def check_given(cfg) -> None:
     for key in sorted(OmegaConf.missing_keys(cfg) - {"out_dir"}):  # out_dir: set by the app
         raise UserError(key, "???", "must be given")
-    for key, registry in choices().items():
-        check_choice(key, _get(cfg, key), registry)
-    if not is_available(cfg.model.name):
-        raise UserError("model.name", cfg.model.name, "is not a known model; choose one of: "
-                        + ", ".join(available()))
-    keys = numeric_keys()  # trainer.seed first: rpg.seed follows it by default
-    for key in sorted(keys, key=lambda k: k != "trainer.seed"):
-        check_interval(key, _get(cfg, key), *keys[key])
-    for key in ("data.auto_augment", "data.re_prob"):
-        if _get(cfg, key) and cfg.data.name != "imagenet":
-            raise UserError(key, _get(cfg, key), "is for data=imagenet only (the in-memory "
-                            "datasets augment on the device: data.augment)")
-        if _get(cfg, key) and not cfg.data.augment:
-            raise UserError(key, _get(cfg, key), "needs data.augment=true")
-    if cfg.data.auto_augment:
-        from .data.loaders import auto_augment
-        from .data.transforms import MEAN_STD
 
-        auto_augment(cfg.data.auto_augment, MEAN_STD["imagenet"])  # a bad policy: one line
+
+def check_numbers(cfg) -> None:
+    """Every numeric key against its field's interval (`within`), trainer.seed first: rpg.seed
+    follows it by default. rpg.params is left to apply_rpg, the one place that knows how
+    many weights a ring of that size generates (it accepts integers >= 1 and fractions in
+    (0, 1))."""
+    keys = numeric_keys()
+    for key in sorted(keys, key=lambda k: k != "trainer.seed"):
+        check_interval(key, value_of(cfg, key), *keys[key])
+
+
+def check_augment(cfg) -> None:
+    for key in ("data.auto_augment", "data.re_prob"):
+        if value_of(cfg, key) and cfg.data.name != "imagenet":
+            raise UserError(key, value_of(cfg, key), "is for data=imagenet only (the in-memory "
+                            "datasets augment on the device: data.augment)")
+        if value_of(cfg, key) and not cfg.data.augment:
+            raise UserError(key, value_of(cfg, key), "needs data.augment=true")
+
+
+def check_combinations(cfg) -> None:
     if (cfg.data.mixup or cfg.data.cutmix) and cfg.data.batch_size % 2:
         raise UserError("data.batch_size", cfg.data.batch_size, "must be even with "
                         "data.mixup or data.cutmix (timm's Mixup pairs the batch with itself)")
     if cfg.optim.nesterov and cfg.optim.momentum == 0:
         raise UserError("optim.nesterov", True, "needs optim.momentum above 0 (it is a kind "
                         "of momentum)")
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.trainer.device):
-        raise UserError("trainer.device", cfg.trainer.device,
-                        "is not valid; use auto, cpu, cuda, cuda:N or mps")
-    if cfg.trainer.device == "mps" and not torch.backends.mps.is_available():
-        raise UserError("trainer.device", "mps", "is not available here (this torch has no "
-                        "MPS backend or no Apple GPU); use auto or cpu")
-    if cfg.data.root is not None and not Path(cfg.data.root).is_dir() and not cfg.data.download:
-        raise UserError("data.root", cfg.data.root,
-                        "is not a directory (and data.download is false)")
-    _validate_baselines(cfg)
-    _validate_ring_prune(cfg.rpg)
-    if cfg.logger.name == "wandb":  # a bad WANDB_MODE: on every rank, before any work
-        import os
-
-        from .log.wandb_logger import resolve_mode
-
-        resolve_mode(cfg.logger.mode, os.environ)
-    resume = cfg.trainer.resume
-    if resume not in (None, "auto") and not Path(resume).is_file():
-        raise UserError("trainer.resume", resume, "does not exist; give a checkpoint file "
-                        "or 'auto'")
-    _validate_model_fits_data(cfg)
 
 
-def _validate_model_fits_data(cfg) -> None:
-    """The model against the dataset's channels, classes and image size, read from the
-    dataset's table (no data is loaded) and a forward pass on the meta device (models)."""
-    from .data import dataset_info
-    from .engine.build import model_spec
-    from .models import smallest_input
-
-    m, d = cfg.model, cfg.data
-    info = dataset_info(d.name, d)
-    if m.num_classes is not None and m.num_classes < info["num_classes"]:
-        raise UserError("model.num_classes", m.num_classes, f"is below the "
-                        f"{info['num_classes']} classes of data.name={d.name} (null: the "
-                        "dataset's)")
-    if m.in_chans is not None and m.in_chans != info["in_chans"]:
-        raise UserError("model.in_chans", m.in_chans, f"does not match the {info['in_chans']} "
-                        f"image channel(s) of data.name={d.name} (null: the dataset's)")
-    size = info["image_size"]
-    try:
-        smallest = smallest_input(model_spec(cfg, info), size)
-    except UserError as err:  # a bad model argument, found here first
-        raise err.under("model") from None
-    if smallest is not None:
-        raise UserError("model.name", m.name, f"cannot take the {size} px images of "
-                        f"data.name={d.name}: the smallest size it takes is {smallest} px; "
-                        "choose another model or larger images")
-
-
-def _validate_ring_prune(r) -> None:
-    p = r.prune
-    if p.amount and r.scope == "none":
-        raise UserError("rpg.prune.amount", p.amount, "prunes ring entries and this model has "
-                        "no ring (rpg.scope=none); a dense model is pruned with prune.init")
-    if p.finetune_epochs and not p.amount:
-        raise UserError("rpg.prune.finetune_epochs", p.finetune_epochs, "fine-tunes a pruned "
-                        "ring: set rpg.prune.amount too")
-
-
-def _validate_baselines(cfg) -> None:
-    """model.width, match.* and prune.*: what the equal-DoF baselines need to be built."""
-    from .models import is_available
-
+def check_baselines(cfg) -> None:
+    """match.* and prune.*: what the equal-DoF baselines need to be built (match.model's
+    name is checked against the models before this)."""
     m, p = cfg.match, cfg.prune
-    if m.model is not None and not is_available(m.model):
-        raise UserError("match.model", m.model, "is not a known model")
     if m.model is not None and m.width is None:
         raise UserError("match.model", m.model, "needs match.width (the width of it to match)")
     if p.init is None:
@@ -418,3 +333,13 @@ def _validate_baselines(cfg) -> None:
     if (p.params is None) == (m.width is None):
         raise UserError("prune.params", p.params, "give exactly one of prune.params and "
                         "match.width (the number of non-zero weights to keep)")
+
+
+def check_ring_prune(cfg) -> None:
+    p = cfg.rpg.prune
+    if p.amount and cfg.rpg.scope == "none":
+        raise UserError("rpg.prune.amount", p.amount, "prunes ring entries and this model has "
+                        "no ring (rpg.scope=none); a dense model is pruned with prune.init")
+    if p.finetune_epochs and not p.amount:
+        raise UserError("rpg.prune.finetune_epochs", p.finetune_epochs, "fine-tunes a pruned "
+                        "ring: set rpg.prune.amount too")

@@ -13,7 +13,7 @@ from functools import partial
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import Config, validate
+from .config import Config
 from .engine import checkpoint
 from .engine.amp import amp_dtype, autocast_for
 from .engine.build import build
@@ -21,6 +21,7 @@ from .engine.distributed import resolve_device
 from .engine.loop import evaluate as evaluate_loader
 from .errors import UserError
 from .log import strict_json
+from .validation import validate
 
 
 def checkpoint_config(ckpt: checkpoint.Checkpoint, overrides=()):

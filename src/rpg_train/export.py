@@ -32,16 +32,16 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import prune
 
-from .config import validate
 from .engine import checkpoint
 from .engine.build import build_model, identity
 from .engine.prune import pruned_layers
-from .errors import UserError
+from .errors import UserError, check_choice
 from .evaluate import checkpoint_config
 from .models import create_model
 from .rpg import (load_compact, materialize, quantize_ring, rings_of, save_compact,
                   set_ring_masks)
 from .rpg.quant import BITS
+from .validation import validate
 
 FORMATS = ("compact", "dense", "torchscript", "onnx")
 ATOL = 1e-5
@@ -121,8 +121,7 @@ def export(ckpt_path, fmt: str, out, bits: int | None = None, block: int | None 
     `bits` (compact only) quantizes the rings first (quantize_ring, one scale per ring or per
     `block` entries): the file is checked against the quantized model, and the report gives
     how far that moved the outputs."""
-    if fmt not in FORMATS:
-        raise UserError("format", fmt, "is not one of: " + ", ".join(FORMATS))
+    check_choice("format", fmt, FORMATS, says="is not one of")
     if bits is not None and fmt != "compact":
         raise UserError("bits", bits, f"quantizes the compact file's rings; format={fmt} "
                         "stores the generated float32 weights")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from ..errors import UserError
+from ..errors import UserError, check_choice
 from . import datasets as ds
 from .transforms import AUGMENT, MEAN_STD, normalize, random_crop_flip
 
@@ -33,8 +33,7 @@ _HOLDOUT_SEED = 20_200_611  # fixed: the held-out part never depends on the run'
 
 
 def _check_name(name) -> str:
-    if name not in DATASETS:
-        raise UserError("data.name", name, f"is not a dataset; choose one of: {', '.join(DATASETS)}")
+    check_choice("data.name", name, DATASETS, says="is not a dataset; choose one of")
     return name
 
 

@@ -5,7 +5,7 @@ from contextlib import nullcontext
 
 import torch
 
-from ..config import check_choice
+from ..errors import check_choice
 
 # trainer.amp -> autocast dtype (None: full precision); auto picks per device in amp_dtype
 AMP = {"auto": None, "off": None, "bf16": torch.bfloat16, "fp16": torch.float16}

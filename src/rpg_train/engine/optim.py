@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn as nn
 
-from ..config import check_choice
+from ..errors import check_choice
 from ..rpg import Ring
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
@@ -90,21 +91,28 @@ def _constant(t, **_):
 SCHEDULES = {"cosine": _cosine, "step": _step, "exp": _exp, "constant": _constant}  # sched.name
 
 
-def lr_factor(t: float, *, name: str, epochs: int, warmup_epochs: float, warmup_start: float,
-              min_ratio: float, step_size: int, gamma: float, decay_epochs: float) -> float:
-    """The multiplier of the base lr at fractional epoch t: linear warmup, then the schedule."""
+def lr_schedule(*, name: str, epochs: int, warmup_epochs: float, warmup_start: float,
+                min_ratio: float, step_size: int, gamma: float, decay_epochs: float):
+    """The multiplier of the base lr as a function of the fractional epoch t: linear warmup,
+    then the schedule. The name is checked here, once; the function runs at every step."""
     check_choice("sched.name", name, SCHEDULES)
-    if t < warmup_epochs:
-        return warmup_start + (1 - warmup_start) * t / warmup_epochs
-    return SCHEDULES[name](t, epochs=epochs, warmup_epochs=warmup_epochs, min_ratio=min_ratio,
-                           step_size=step_size, gamma=gamma, decay_epochs=decay_epochs)
+    after = partial(SCHEDULES[name], epochs=epochs, warmup_epochs=warmup_epochs,
+                    min_ratio=min_ratio, step_size=step_size, gamma=gamma,
+                    decay_epochs=decay_epochs)
+
+    def factor(t: float) -> float:
+        if t < warmup_epochs:
+            return warmup_start + (1 - warmup_start) * t / warmup_epochs
+        return after(t)
+    return factor
 
 
 def build_scheduler(cfg, base_lr: float, optimizer, epochs: int, steps_per_epoch: int):
     """A LambdaLR stepped once per optimizer step. sched.min_lr is in optim.lr's units
     (`base_lr`), so the floor scales with the batch as the lr does."""
-    kw = dict(name=cfg.name, epochs=epochs, warmup_epochs=cfg.warmup_epochs,
-              warmup_start=cfg.warmup_start, min_ratio=cfg.min_lr / base_lr,
-              step_size=cfg.step_size, gamma=cfg.gamma, decay_epochs=cfg.decay_epochs)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step / steps_per_epoch, **kw))
+    factor = lr_schedule(name=cfg.name, epochs=epochs, warmup_epochs=cfg.warmup_epochs,
+                         warmup_start=cfg.warmup_start, min_ratio=cfg.min_lr / base_lr,
+                         step_size=cfg.step_size, gamma=cfg.gamma,
+                         decay_epochs=cfg.decay_epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                             lambda step: factor(step / steps_per_epoch))

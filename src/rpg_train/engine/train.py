@@ -20,7 +20,6 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from ..config import validate
 from ..errors import UserError
 from ..log import (MetricsFile, WandbLogger, method_label, preparing, provenance, run_name,
                    strict_json)
@@ -209,6 +208,8 @@ class Run:
 
 def train(cfg) -> dict:
     """Train as the config says; returns the results written to results.json."""
+    from ..validation import validate  # the top layer (it reads the engine's registries)
+
     t0 = time.perf_counter()
     validate(cfg)
     if not logging.getLogger().handlers:

@@ -69,8 +69,8 @@ def _builder(name: str):
     if name.startswith(TIMM):
         return partial(_timm_model, name[len(TIMM):])
     if name not in MODELS:
-        raise UserError("name", name, "is not a known model; choose one of: "
-                        + ", ".join(available()))
+        raise UserError.choice("name", name, available(),
+                               says="is not a known model; choose one of")
     return MODELS[name]
 
 

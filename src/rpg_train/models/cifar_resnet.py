@@ -13,7 +13,7 @@ import math
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import UserError
+from ..errors import UserError, check_choice
 
 
 class _PadShortcut(nn.Module):
@@ -59,10 +59,8 @@ class CifarResNet(nn.Module):
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise UserError("depth", depth, "is not 6n+2 (20, 32, 44, 56, 110, ...)")
-        if shortcut not in ("A", "B"):
-            raise UserError("shortcut", shortcut, "is not one of: A, B")
-        if norm not in NORMS:
-            raise UserError("norm", norm, "is not one of: " + ", ".join(NORMS))
+        check_choice("shortcut", shortcut, ("A", "B"), says="is not one of")
+        check_choice("norm", norm, NORMS, says="is not one of")
         make_norm = NORMS[norm]
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_chans, base_width, 3, 1, 1, bias=False)

@@ -8,17 +8,12 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
-from ..errors import UserError
+from ..errors import UserError, check_choice
 from .plan import (SAMPLINGS, SCOPES, find_targets, group_targets, ring_seeds, ring_size,
                    split_params, ungenerated_weights)
 from .ring import Ring, RingBank, cached_rings, is_generated, make_generated, make_plain
 
 RINGS_ATTR = "rpg_rings"
-
-
-def _check_choice(key: str, value, choices) -> None:
-    if value not in choices:
-        raise UserError(key, value, f"is not valid; choose one of: {', '.join(choices)}")
 
 
 def apply_rpg(model: nn.Module, scope: str, params, seed: int = 0, sampling: str = "even",
@@ -39,8 +34,8 @@ def apply_rpg(model: nn.Module, scope: str, params, seed: int = 0, sampling: str
     (k = 1 is RPG); the tables grow to 4k bytes per generated weight.
     Works on a meta-device model: the tables are drawn after `to_empty(device=...)`.
     """
-    _check_choice("scope", scope, SCOPES)
-    _check_choice("sampling", sampling, SAMPLINGS)
+    check_choice("scope", scope, SCOPES)
+    check_choice("sampling", sampling, SAMPLINGS)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise UserError("k", k, "must be an integer of at least 1 (ring entries per weight)")
     if scope == "none":

@@ -1,6 +1,5 @@
 import os
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -9,7 +8,8 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 import data_fixtures as fx  # noqa: E402
 
-from rpg_train.data import DATASETS, build_loaders, dataset_info  # noqa: E402
+from rpg_train.config import DataConfig  # noqa: E402
+from rpg_train.data import DATASETS, DataSpec, build_loaders, dataset_info  # noqa: E402
 from rpg_train.data import datasets as ds  # noqa: E402
 from rpg_train.data.transforms import MEAN_STD, crop_flip, random_crop_flip  # noqa: E402
 from rpg_train.errors import UserError  # noqa: E402
@@ -22,7 +22,7 @@ def make_cfg(name, root=None, **kw):
                 num_workers=0, download=False, augment=False,
                 num_train=10, num_val=7, in_chans=3, image_size=8, num_classes=5)
     base.update(kw)
-    return types.SimpleNamespace(**base)
+    return DataConfig(**base)
 
 
 def ref_normalize(x_uint8, name):
@@ -187,6 +187,21 @@ def test_synthetic():
     other, _ = build_loaders(cfg, "cpu", seed=99)  # data set fixed, only the order depends on seed
     assert torch.equal(train.images, other.images) and not torch.equal(train.images, val.images[:4])
     assert dataset_info("synthetic", cfg) == {"in_chans": 3, "num_classes": 5, "image_size": 8, "small_input": True}
+
+
+def test_the_loaders_read_one_typed_spec_with_the_schemas_defaults():
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    defaults = DataSpec.from_config(None)
+    assert defaults == DataSpec.from_config(DataConfig())
+    assert (defaults.name, defaults.eval_batch_size, defaults.num_workers) == ("fashion_mnist", 512, 8)
+    spec = DataSpec.from_config(OmegaConf.create({"name": "cifar10", "root": "/r", "batch_size": 7}))
+    assert spec == dataclasses.replace(defaults, name="cifar10", root="/r", batch_size=7)
+    assert DataSpec.from_config(spec) is spec
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.batch_size = 1  # type: ignore[misc]
 
 
 def test_dataset_info_table():

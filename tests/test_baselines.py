@@ -11,7 +11,7 @@ from rpg_train.engine.budget import width_target
 from rpg_train.engine.prune import nonzero_count, prune_to, pruned_layers
 from rpg_train.errors import UserError
 from rpg_train.models import create_model
-from rpg_train.models.torchvision_resnet import ARCHS, ScaledResNet
+from rpg_train.models.tv_resnet import ARCHS, ScaledResNet
 from rpg_train.rpg import param_report
 
 FMNIST = dict(num_classes=10, in_chans=1, small_input=True)

@@ -144,9 +144,10 @@ class Ring(nn.Module):
         self.scales = [math.sqrt(fan_ref / f) / math.sqrt(k) for f in fan_outs]
         self._index = self._slices = self._inverse = None  # derived from the recipe
         self._caching, self._cache = 0, {}
-        # prune_ring's mask (1 kept, 0 pruned; ring dtype): applied in every forward, so a
-        # pruned entry generates 0 and gets no gradient whatever its stored value. A buffer,
-        # so it follows .to() and deepcopy; not persistent, so state dicts are unchanged
+        # the keep mask (1 kept, 0 pruned; ring dtype), set by set_keep_mask only: applied in
+        # every forward, so a pruned entry generates 0 and gets no gradient whatever its
+        # stored value. A buffer, so it follows .to() and deepcopy; not persistent, so state
+        # dicts are unchanged
         self.register_buffer("prune_keep", None, persistent=False)
         self.reset_parameters()
 
@@ -160,6 +161,27 @@ class Ring(nn.Module):
     @property
     def generated(self) -> int:
         return sum(self.sizes)
+
+    @property
+    def keep_mask(self) -> torch.Tensor | None:
+        """The keep mask (1 kept, 0 pruned, in the ring's dtype), or None when unpruned."""
+        return self._buffers.get("prune_keep")  # (absent from Rings pickled before it)
+
+    def set_keep_mask(self, mask: torch.Tensor | None) -> None:
+        """Prune the ring to the entries `mask` (bool or 0/1, one per entry) keeps: the
+        dropped stored entries become 0 and every forward multiplies by the mask, so they
+        stay 0 while training. None unprunes (the zeroed entries train again). The one way
+        a mask is set on a ring."""
+        if mask is None:
+            self.register_buffer("prune_keep", None, persistent=False)
+            return
+        if mask.numel() != self.weight.numel():
+            raise ValueError(f"a keep mask of {mask.numel()} entries for a ring of "
+                             f"{self.weight.numel()}")
+        keep = mask.to(device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            self.weight.mul_(keep)
+        self.register_buffer("prune_keep", keep, persistent=False)
 
     def draw_table(self, device="cpu") -> torch.Tensor:
         """The forward table, drawn afresh from the recipe."""
@@ -237,7 +259,7 @@ class Ring(nn.Module):
         index = self.layer_index()[position]
         needs_grad = torch.is_grad_enabled() and w.requires_grad
         blocks = self.inverse(position) if needs_grad and index.device.type != "cpu" else None
-        keep = getattr(self, "prune_keep", None)  # (absent from Rings pickled before it)
+        keep = self.keep_mask
         src = w if keep is None else w * keep
         theta0 = self.theta0
         base = (None if theta0 is None else

@@ -59,7 +59,8 @@ def test_ring_solver_across_models(compose_cfg):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["match.width=1"], "match.width=1.0 gives 269,434 trainable parameters .* in \\[2,171, 269,433\\]"),
+    (["match.width=1"],
+     "match.width=1.0 gives 269,434 trainable parameters .* in \\[2,171, 269,433\\]"),
     (["match.width=0.25", "rpg=none"], "match.width=0.25 has nothing to solve"),
     (["prune.params=100"], "prune.params=100.0 needs prune.init"),
     (["prune.init=/nonexistent.pt", "prune.params=100", "rpg=none"],

@@ -3,7 +3,6 @@ run records about the code that made it. W&B never reaches the network here: run
 WANDB_MODE or a stand-in for wandb.init that records its arguments."""
 import importlib.metadata
 import json
-import os
 import re
 import subprocess
 import sys

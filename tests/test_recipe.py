@@ -12,7 +12,6 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(__file__))
 import data_fixtures as fx  # noqa: E402
-
 from rpg_train.config import DataConfig, validate  # noqa: E402
 from rpg_train.data import build_loaders  # noqa: E402
 from rpg_train.engine import train  # noqa: E402

@@ -6,8 +6,15 @@ import torch
 
 from rpg_train.errors import UserError
 from rpg_train.models import create_model
-from rpg_train.rpg import (apply_rpg, load_compact, prune_ring, quantize_ring, ring_masks,
-                           rings_of, save_compact)
+from rpg_train.rpg import (
+    apply_rpg,
+    load_compact,
+    prune_ring,
+    quantize_ring,
+    ring_masks,
+    rings_of,
+    save_compact,
+)
 
 
 def _model(params=20000):

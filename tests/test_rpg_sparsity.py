@@ -7,8 +7,15 @@ import torch
 from rpg_train.engine.optim import param_groups
 from rpg_train.errors import UserError
 from rpg_train.models import create_model
-from rpg_train.rpg import (apply_rpg, load_compact, prune_ring, ring_masks, rings_of,
-                           save_compact, set_ring_masks)
+from rpg_train.rpg import (
+    apply_rpg,
+    load_compact,
+    prune_ring,
+    ring_masks,
+    rings_of,
+    save_compact,
+    set_ring_masks,
+)
 from rpg_train.rpg.sparsity import pack_bits, unpack_bits
 
 

@@ -31,11 +31,13 @@ _INFO = {
 # independent random streams derived from the same (seed, epoch, rank)
 _PERM, _AUG, _SAMPLE, _WORKERS = 0, 1, 2, 3
 _HOLDOUT_SEED = 20_200_611  # fixed: the held-out part never depends on the run's seed
+Split = tuple[torch.Tensor, torch.Tensor]  # (images, labels) of a split held in memory
 
 
 def _check_name(name) -> str:
     if name not in DATASETS:
-        raise UserError("data.name", name, f"is not a dataset; choose one of: {', '.join(DATASETS)}")
+        raise UserError("data.name", name,
+                        f"is not a dataset; choose one of: {', '.join(DATASETS)}")
     return name
 
 
@@ -56,11 +58,13 @@ def dataset_info(name: str, cfg: Any = None) -> dict:
 
 def mix_seed(*parts: int) -> int:
     """Hash integers into a 63-bit seed (SeedSequence decorrelates nearby seeds/epochs)."""
-    state = np.random.SeedSequence([int(p) % 2**63 for p in parts]).generate_state(2, dtype=np.uint32)
+    seq = np.random.SeedSequence([int(p) % 2**63 for p in parts])
+    state = seq.generate_state(2, dtype=np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
 
 
-def epoch_indices(n: int, seed: int, epoch: int, rank: int, world_size: int, train: bool) -> torch.Tensor:
+def epoch_indices(n: int, seed: int, epoch: int, rank: int, world_size: int,
+                  train: bool) -> torch.Tensor:
     """This rank's sample indices for the epoch (CPU int64).
     Train: a seeded permutation shared by all ranks, truncated to a multiple of world_size and
     strided by rank (as DistributedSampler(drop_last=True)). Val: in order, rank::world_size."""
@@ -100,7 +104,7 @@ class DeviceLoader(_EpochLoaderBase):
     """Whole split resident on `device` (uint8, or float for synthetic); batches are gathered,
     augmented and normalised there. No DataLoader, no workers."""
 
-    def __init__(self, images, labels, *, batch_size, train, device, seed, rank=0, world_size=1,
+    def __init__(self, images, labels, /, *, batch_size, train, device, seed, rank=0, world_size=1,
                  mean=None, std=None, augment=False, pad=0, flip=False):
         super().__init__(len(images), batch_size, train, seed, rank, world_size)
         self.device = torch.device(device)
@@ -148,7 +152,9 @@ class EpochSampler(Sampler):
         return iter(list(zip(idx.tolist(), seeds.tolist()))[self.start:])
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world_size)) if not self.train else self.n // self.world_size
+        if self.train:
+            return self.n // self.world_size
+        return len(range(self.rank, self.n, self.world_size))
 
 
 class SeededImageDataset(Dataset):
@@ -260,7 +266,8 @@ def _imagenet_loaders(spec: DataSpec, device, seed, rank, world_size, with_train
     if not classes:
         raise UserError(
             "data.root", root, f"holds no imagenet: expected class folders under {root}/train "
-            f"(and {root}/val), torchvision ImageFolder layout; ImageNet cannot be downloaded automatically."
+            f"(and {root}/val), torchvision ImageFolder layout; ImageNet cannot be downloaded "
+            "automatically."
         )
     mean, std = MEAN_STD["imagenet"]
     to_uint8 = T.PILToTensor()  # normalised on the device (FolderLoader)
@@ -308,7 +315,8 @@ def holdout_indices(total: int, n: int, name: str) -> tuple[torch.Tensor, torch.
     return perm[n:].sort().values, perm[:n].sort().values
 
 
-def holdout_split(images, labels, n: int, name: str):
+def holdout_split(images: torch.Tensor, labels: torch.Tensor, n: int,
+                  name: str) -> tuple[Split, Split]:
     """(train, held-out) parts of an in-memory training split (holdout_indices)."""
     keep, held = holdout_indices(len(images), n, name)
     return (images[keep], labels[keep]), (images[held], labels[held])
@@ -322,7 +330,8 @@ def _folder_subset(folder, indices: torch.Tensor):
     return part
 
 
-def build_loaders(cfg: Any, device, seed: int, rank: int = 0, world_size: int = 1, with_train: bool = True):
+def build_loaders(cfg: Any, device, seed: int, rank: int = 0, world_size: int = 1,
+                  with_train: bool = True) -> tuple[Any, Any]:
     """(train_loader, val_loader) for cfg.name; see `build_data`."""
     data = build_data(cfg, device, seed, rank, world_size, with_train)
     return data.train, data.val
@@ -366,7 +375,7 @@ def build_data(cfg: Any, device, seed: int, rank: int = 0, world_size: int = 1,
             shape = (spec.in_chans, spec.image_size, spec.num_classes)
             data = dict(train=ds.make_synthetic(spec.num_train, *shape, seed=ds.SYNTHETIC_SEED),
                         test=ds.make_synthetic(spec.num_val, *shape, seed=ds.SYNTHETIC_SEED + 1))
-            aug = dict()
+            aug: dict[str, Any] = {}
         else:
             load = ds.load_cifar if name.startswith("cifar") else ds.load_mnist_like
             data = rank0_first(lambda first: load(name, root, download and first), rank,

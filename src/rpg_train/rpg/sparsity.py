@@ -37,9 +37,8 @@ def ring_masks(model) -> list[torch.Tensor] | None:
     """The keep masks of `model`'s rings (CPU bool tensors, in rings_of order), or None if
     its rings are not pruned."""
     masks = [r.keep_mask for r in rings_of(model)]
-    if not masks or any(m is None for m in masks):
-        return None
-    return [m.detach().bool().cpu() for m in masks]
+    kept = [m.detach().bool().cpu() for m in masks if m is not None]
+    return kept if masks and len(kept) == len(masks) else None
 
 
 def set_ring_masks(model, masks: list[torch.Tensor]) -> None:

@@ -27,7 +27,7 @@ TORCHRUN = $(PYTHON) -m torch.distributed.run --nnodes=$(NODES) --nproc_per_node
   --rdzv_backend=c10d --rdzv_endpoint=$(MASTER_ADDR):$(MASTER_PORT) --rdzv_id=rpg-$@-$$row
 endif
 
-.PHONY: install data train test test-all bench bench-train bench-data gpu-check imagenet-r18 imagenet-r34 \
+.PHONY: install data train test test-all lint bench bench-train bench-data gpu-check imagenet-r18 imagenet-r34 \
 	cifar10 cifar100 sweep-fmnist study-dof study-equal-dof study-ablations aggregate-fmnist \
 	study-capacity aggregate-capacity compress clean
 
@@ -59,6 +59,11 @@ test: install
 
 test-all: install
 	$(PYTHON) -m pytest -q -m "slow or not slow"
+
+# ruff and mypy as pyproject.toml's [tool.ruff] and [tool.mypy] set them; .ci/run runs this
+lint: install
+	$(PYTHON) -m ruff check src tests scripts
+	$(PYTHON) -m mypy
 
 bench: install
 	$(PYTHON) scripts/bench_rpg.py

@@ -29,10 +29,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _runs, also when loaded by path
 
 from _compare import SIZE_KEYS, Pair, ci, pairs, predictions, without  # noqa: E402
-from _runs import (DASH, Group, Jobs, Run, collect_jobs, fmt, fmt_count,  # noqa: E402
-                   fmt_mean_std, group_runs, markdown_table, seed_groups, table_order)
-from _stats import (SATURATION_MARGIN, fit_log10, fit_saturating, saturating,  # noqa: E402
-                    saturation_start)
+from _runs import (  # noqa: E402
+    DASH,
+    Group,
+    Jobs,
+    Run,
+    collect_jobs,
+    fmt,
+    fmt_count,
+    fmt_mean_std,
+    group_runs,
+    markdown_table,
+    seed_groups,
+    table_order,
+)
+from _stats import SATURATION_MARGIN, fit_log10, fit_saturating, saturating, saturation_start  # noqa: E402
 
 PROG = "aggregate.py"
 RUN_COLUMNS = ["dir", "model", "data", "method", "width", "scope", "sampling", "sign", "ring",

@@ -109,7 +109,7 @@ def main() -> None:
             write_images(root, a.images)
         loaders = {"ours": ours(root, a), "bare": bare(root, a, True),
                    "crop_only": bare(root, a, False)}
-        for name, loader in loaders.items():  # warm-up: worker start, file cache
+        for loader in loaders.values():  # warm-up: worker start, file cache
             epoch(loader, 0, a.device)
         rates = {name: [] for name in loaders}
         for e in range(1, a.epochs + 1):

@@ -9,9 +9,9 @@ train_step_ratio / eval_ratio: median over interleaved pairs of the RPG step tim
 plain one, pairs in ABBA order so the machine's drift cancels (eval takes 3x the steps).
 eval_ratio runs inside `rpg.cached(model)`, as the engine evaluates; eval_uncached_ratio is a
 plain no_grad forward, which generates every weight again.
-plan_seconds_resnet50: apply_rpg on resnet50 and drawing its tables. table_bytes_per_generated_weight:
-all the generator keeps besides the rings (index and inverse tables) over the generated
-weights. plan_seconds: apply_rpg on resnet50 (tables drawn, rings built).
+plan_seconds_resnet50: apply_rpg on resnet50 and drawing its tables.
+table_bytes_per_generated_weight: all the generator keeps besides the rings (index and inverse
+tables) over the generated weights. plan_seconds: apply_rpg on resnet50 (tables drawn, rings built).
 Images under 64 px get the CIFAR stem and 10 classes, larger ones the ImageNet stem and 1000
 (the case name says which; --stem picks one). --params takes a list: one row per ring size.
 --amp bf16 runs every step under autocast, --channels-last converts models and batch.
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -178,10 +179,9 @@ def bench_generate(device, params, steps):
 
     ones = [torch.ones_like(w) for w in weights()]
     fwd, bwd = [], []
-    for i in range(steps + 2):
+    for _ in range(steps + 2):
         fwd.append(_timed(weights, device))
-        outs = weights()
-        bwd.append(_timed(lambda: torch.autograd.backward(outs, ones), device))
+        bwd.append(_timed(functools.partial(torch.autograd.backward, weights(), ones), device))
     return round(statistics.median(fwd[2:]), 4), round(statistics.median(bwd[2:]), 4)
 
 
@@ -219,7 +219,7 @@ def bench_plan(device):
     start = time.perf_counter()
     apply_rpg(model, "network", 10**5)
     for ring in rings_of(model):
-        ring.index  # the tables are drawn on first use: count that too
+        _ = ring.index  # the tables are drawn on first use: count that too
     return round(time.perf_counter() - start, 3)
 
 
@@ -270,7 +270,8 @@ def _parts(text: str) -> list[str]:
 
 def bench_case(device, params: int, args) -> dict:
     row = dict(case=_case(args.model, args.image_size, args.stem), device=device.type,
-               batch=args.batch, params=params, threads=torch.get_num_threads(), torch=torch.__version__)
+               batch=args.batch, params=params, threads=torch.get_num_threads(),
+               torch=torch.__version__)
     if args.amp != "off" or args.channels_last:  # the default rows stay as they were
         row.update(amp=args.amp, channels_last=args.channels_last)
     if "steps" in args.parts:

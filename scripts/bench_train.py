@@ -95,7 +95,8 @@ def main() -> None:
                 (engine if fn is engine_epoch else bare).append(timed(fn, run, steps, batch))
     ratios = [e / b for e, b in zip(engine, bare)]
     print(json.dumps(dict(
-        device=str(run.device), model=cfg.model.name, rpg=cfg.rpg.scope, batch=batch, steps=steps, amp=str(run.amp_dtype), pairs=a.pairs,
+        device=str(run.device), model=cfg.model.name, rpg=cfg.rpg.scope, batch=batch,
+        steps=steps, amp=str(run.amp_dtype), pairs=a.pairs,
         engine_img_s=round(statistics.median(engine), 1),
         bare_img_s=round(statistics.median(bare), 1),
         ratio=round(statistics.median(ratios), 3), pair_ratios=[round(r, 3) for r in ratios],

@@ -40,7 +40,8 @@ from rpg_train.engine.prune import prunable_layers, prune_to, pruned_layers
 from rpg_train.evaluate import checkpoint_config
 from rpg_train.export import load_trained
 from rpg_train.rpg import prune_ring, quantize_ring, rings_of, save_compact
-from rpg_train.rpg.quant import pack_bits, quantize
+from rpg_train.rpg.quant import quantize
+from rpg_train.rpg.sparsity import pack_bits
 from rpg_train.validation import validate
 
 PROG = "compress.py"

@@ -8,8 +8,8 @@ figure next to its target: MET, or MISSED by how much with the top kernels of th
 Each stage has a time budget and the whole run a deadline (`--budget`, 8 minutes on CUDA):
 a stage that would start past it is skipped with a note, one that overruns is stopped.
 `--device cpu` runs the same stages at tiny sizes (32 px, small batches, a few steps, fp32:
-bf16 is emulated on most CPUs; one thread) in under 2 minutes, so the script is tested on any machine;
-its report goes under runs/, never over the committed GPU report.
+bf16 is emulated on most CPUs; one thread) in under 2 minutes, so the script is tested on any
+machine; its report goes under runs/, never over the committed GPU report.
 """
 from __future__ import annotations
 
@@ -283,7 +283,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda", choices=list(PROFILES))
     ap.add_argument("--out", help="the report (default: docs/results/gpu-check.md on cuda, "
                                   "runs/gpu-check-cpu.md on cpu); figures go beside it as .json")
-    ap.add_argument("--budget", type=float, help="seconds for the whole run (cuda 480, cpu 120); stage limits scale with it")
+    ap.add_argument("--budget", type=float, help="seconds for the whole run (cuda 480, cpu 120); "
+                    "stage limits scale with it")
     a = ap.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda: no CUDA device is visible; `--device cpu` runs the tiny "

@@ -17,8 +17,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _runs, also when loaded by path
 
-from _runs import (DASH, Group, Run, collect, fmt, fmt_count, fmt_mean_std,  # noqa: E402
-                   group_runs, markdown_table)
+from _runs import (  # noqa: E402
+    DASH,
+    Group,
+    Run,
+    collect,
+    fmt,
+    fmt_count,
+    fmt_mean_std,
+    group_runs,
+    markdown_table,
+)
 
 PROG = "paper_table.py"
 OTHER = "other"  # the row of runs that name no experiment
@@ -40,7 +49,8 @@ class PaperRow:
 PAPER_ROWS = {  # the paper's order
     "imagenet_r18_rpg": PaperRow("ResNet18-RPG, ring 2,359,296 (one 512x512x3x3 layer)",
                                  "67.2", 67.2),
-    "imagenet_r18_dense": PaperRow("ResNet18 dense", "69.76 (torchvision reference)", RESNET18_TOP1),
+    "imagenet_r18_dense": PaperRow("ResNet18 dense", "69.76 (torchvision reference)",
+                                   RESNET18_TOP1),
     "imagenet_r34_rpg": PaperRow("ResNet34-RPG, ring 11,160,576 (total ≈ ResNet18)",
                                  f"beats ResNet18 ({RESNET18_TOP1})", RESNET18_TOP1,
                                  note=f" vs ResNet18 {RESNET18_TOP1} (the claim)"),

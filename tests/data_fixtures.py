@@ -55,7 +55,8 @@ def write_cifar10(root, n_per_batch: int, seed: int = 0) -> dict:
         xs.append(x)
         ys.append(y)
     _dump(os.path.join(d, "batches.meta"), {b"num_cases_per_batch": n_per_batch,
-                                            b"label_names": [b"c%d" % i for i in range(10)], b"num_vis": 3072})
+                                            b"label_names": [b"c%d" % i for i in range(10)],
+                                            b"num_vis": 3072})
     train = (np.concatenate(xs[:5]).reshape(-1, 3, 32, 32), np.concatenate(ys[:5]))
     return {"train": train, "test": (xs[5].reshape(-1, 3, 32, 32), np.asarray(ys[5]))}
 
@@ -69,8 +70,9 @@ def write_cifar100(root, n: int, seed: int = 0) -> dict:
     for split in ("train", "test"):
         x = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         fine = rng.integers(0, 100, (n,)).tolist()
-        _dump(os.path.join(d, split), {b"filenames": [b"f%d.png" % i for i in range(n)], b"batch_label": split.encode(),
-                                       b"fine_labels": fine, b"coarse_labels": [f // 5 for f in fine], b"data": x})
+        _dump(os.path.join(d, split), {b"filenames": [b"f%d.png" % i for i in range(n)],
+                                       b"batch_label": split.encode(), b"fine_labels": fine,
+                                       b"coarse_labels": [f // 5 for f in fine], b"data": x})
         out[split] = (x.reshape(-1, 3, 32, 32), np.asarray(fine))
     _dump(os.path.join(d, "meta"), {b"fine_label_names": [b"f%d" % i for i in range(100)],
                                     b"coarse_label_names": [b"c%d" % i for i in range(20)]})

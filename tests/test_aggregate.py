@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import SCRIPTS, load_script
 
 SCRIPT = SCRIPTS / "aggregate.py"
@@ -313,7 +314,8 @@ def test_runs_that_differ_in_a_setting_are_not_seeds(tmp_path):
     run_main(tmp_path / "sweep", "--out", tmp_path / "out")
     rows = tables(summary(tmp_path / "out"))[0][2:]
     assert rows == [
-        "| RPG [trainer.limit_batches=0] | resnet20 | 1,000 | 900 | 1 | 90.00 ± — | 91.00 | — | 5 |",
+        "| RPG [trainer.limit_batches=0] | resnet20 | 1,000 | 900 | 1 | 90.00 ± — | 91.00 | — "
+        "| 5 |",
         "| RPG [trainer.limit_batches=10] | resnet20 | 1,000 | 900 | 1 | 91.00 ± — | 92.00 | — "
         "| 5 |"]
     csv_rows = read_csv(tmp_path / "out" / "summary.csv")
@@ -432,7 +434,8 @@ def test_log10_fit_over_points_of_a_line():
     assert fit == pytest.approx({"a": 70.0, "b": 1.0, "r2": 1 - 0.5 / 3.25, "n": 4})
 
 
-T_975 = {1: 12.706204736174707, 2: 4.302652729911275, 3: 3.182446305284263}  # Student t 0.975 quantiles (tables)
+# Student t 0.975 quantiles (tables)
+T_975 = {1: 12.706204736174707, 2: 4.302652729911275, 3: 3.182446305284263}
 
 
 def test_paired_interval():

@@ -11,7 +11,7 @@ from rpg_train.engine.budget import width_target
 from rpg_train.engine.prune import nonzero_count, prune_to, pruned_layers
 from rpg_train.errors import UserError
 from rpg_train.models import create_model
-from rpg_train.models.torchvision_resnet import ARCHS, ScaledResNet
+from rpg_train.models.tv_resnet import ARCHS, ScaledResNet
 from rpg_train.rpg import param_report
 
 FMNIST = dict(num_classes=10, in_chans=1, small_input=True)
@@ -59,7 +59,8 @@ def test_ring_solver_across_models(compose_cfg):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["match.width=1"], "match.width=1.0 gives 269,434 trainable parameters .* in \\[2,171, 269,433\\]"),
+    (["match.width=1"],
+     "match.width=1.0 gives 269,434 trainable parameters .* in \\[2,171, 269,433\\]"),
     (["match.width=0.25", "rpg=none"], "match.width=0.25 has nothing to solve"),
     (["prune.params=100"], "prune.params=100.0 needs prune.init"),
     (["prune.init=/nonexistent.pt", "prune.params=100", "rpg=none"],

@@ -59,7 +59,8 @@ def test_a_failed_slurm_job_fails_the_sweep(tmp_path):
 
 
 def _error_line(proc):
-    lines = [l for l in proc.stderr.splitlines() + proc.stdout.splitlines() if "error:" in l]
+    lines = [line for line in proc.stderr.splitlines() + proc.stdout.splitlines()
+             if "error:" in line]
     assert len(lines) == 1, proc.stderr + proc.stdout
     return lines[0]
 

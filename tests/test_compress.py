@@ -3,8 +3,8 @@ the sizes those of the files written, the fine-tuned rows those of the engine's 
 import json
 
 import pytest
-from conftest import load_script
 
+from conftest import load_script
 from rpg_train.engine import train
 
 AMOUNTS = (0.5, 0.8)

@@ -55,13 +55,14 @@ DEFAULT_RUN = {
                  num_workers=8, download=True, augment=False, val_split=0, auto_augment=None,
                  re_prob=0.0, mixup=0.0, cutmix=0.0, num_train=512, num_val=256,
                  in_chans=3, image_size=32, num_classes=10),
-    "optim": dict(name="sgd", lr=0.2, lr_batch=256, momentum=0.9, nesterov=False, betas=[0.9, 0.999],
-                  weight_decay=5e-4, wd_norm=False, no_wd_1d=False),
+    "optim": dict(name="sgd", lr=0.2, lr_batch=256, momentum=0.9, nesterov=False,
+                  betas=[0.9, 0.999], weight_decay=5e-4, wd_norm=False, no_wd_1d=False),
     "sched": dict(name="cosine", warmup_epochs=1, warmup_start=0.1, min_lr=0.0, step_size=30,
                   gamma=0.1, decay_epochs=45),
     "trainer": dict(epochs=5, seed=0, device="auto", amp="auto", channels_last=True,
                     compile=False, grad_clip=0.0, label_smoothing=0.0, max_steps=0,
-                    limit_batches=0, resume=None, overwrite=False, progress=True, accumulate=1, sync_bn=False, ema_decay=None,
+                    limit_batches=0, resume=None, overwrite=False, progress=True,
+                    accumulate=1, sync_bn=False, ema_decay=None,
                     checkpoint_every_min=30.0,
                     dist_timeout_s=600.0, nan_policy="stop", max_loss=None,
                     max_loss_factor=100.0, nan_check_every=50, log_every_s=60.0),
@@ -146,7 +147,8 @@ def test_unknown_group_option_lists_choices(compose_cfg):
     ("data.name=svhn", "data.name='svhn' is not valid; choose one of: fashion_mnist, mnist, "
                        "cifar10, cifar100, imagenet, synthetic"),
     ("rpg.scope=global", "rpg.scope='global' is not valid; choose one of: network, stage"),
-    ("rpg.sampling=hash", "rpg.sampling='hash' is not valid; choose one of: even, ring, iid, plain"),
+    ("rpg.sampling=hash", "rpg.sampling='hash' is not valid; choose one of: even, ring, iid, "
+                          "plain"),
     ("rpg.k=0", "rpg.k=0 must be at least 1"),
     ("optim.name=lamb", "optim.name='lamb' is not valid; choose one of: sgd, adamw"),
     ("sched.name=poly", "sched.name='poly' is not valid; choose one of: cosine, step, exp, "

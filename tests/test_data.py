@@ -1,6 +1,5 @@
 import os
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -8,9 +7,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import data_fixtures as fx  # noqa: E402
-
-from rpg_train.data import DATASETS, build_loaders, dataset_info  # noqa: E402
-from rpg_train.data import datasets as ds  # noqa: E402
+from rpg_train.config import DataConfig  # noqa: E402
+from rpg_train.data import (  # noqa: E402
+    DATASETS,
+    DataSpec,
+    build_loaders,
+    dataset_info,
+    datasets as ds,  # noqa: E402
+)
 from rpg_train.data.transforms import MEAN_STD, crop_flip, random_crop_flip  # noqa: E402
 from rpg_train.errors import UserError  # noqa: E402
 
@@ -18,11 +22,11 @@ SYSTEM_FMNIST = "/usr/share/datasets/fashion-mnist"
 
 
 def make_cfg(name, root=None, **kw):
-    base = dict(name=name, root=None if root is None else str(root), batch_size=4, eval_batch_size=5,
-                num_workers=0, download=False, augment=False,
+    base = dict(name=name, root=None if root is None else str(root), batch_size=4,
+                eval_batch_size=5, num_workers=0, download=False, augment=False,
                 num_train=10, num_val=7, in_chans=3, image_size=8, num_classes=5)
     base.update(kw)
-    return types.SimpleNamespace(**base)
+    return DataConfig(**base)
 
 
 def ref_normalize(x_uint8, name):
@@ -72,7 +76,8 @@ def test_system_fashion_mnist(tmp_path):
         assert torch.bincount(ld.labels).tolist() == [len(ld.labels) // 10] * 10  # balanced
 
 
-@pytest.mark.parametrize("name,sub", [("fashion_mnist", "FashionMNIST/raw"), ("mnist", "raw"), ("mnist", "")])
+@pytest.mark.parametrize("name,sub", [("fashion_mnist", "FashionMNIST/raw"), ("mnist", "raw"),
+                                      ("mnist", "")])
 def test_mnist_layouts_exact_pixels(tmp_path, name, sub):
     ref = fx.write_idx(tmp_path / sub, 10, 7)
     train, val = build_loaders(make_cfg(name, tmp_path, augment=False), "cpu", seed=3)
@@ -120,7 +125,8 @@ def test_imagenet_holds_out_training_images(tmp_path):
     assert len(train) == 6 and len(held) == 3 and not train & held
     assert len(train | held) == 9  # every training image is in exactly one part
     again = build_data(make_cfg("imagenet", tmp_path, batch_size=2, val_split=3), "cpu", seed=7)
-    assert {p for p, _ in again.holdout._loader.dataset.folder.samples} == held  # fixed, not per seed
+    # fixed, not per seed
+    assert {p for p, _ in again.holdout._loader.dataset.folder.samples} == held
     x, y = collect(data.holdout)
     assert x.shape == (3, 3, 224, 224)
     assert sorted(y.tolist()) == sorted(t for _, t in data.holdout._loader.dataset.folder.samples)
@@ -162,8 +168,8 @@ def test_imagenet_folder(tmp_path):
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(b1, b2))
     # workers ship uint8 (normalised on the device), the same values as torchvision's
     # ToTensor + Normalize
-    from torchvision import transforms as T
     from PIL import Image
+    from torchvision import transforms as T
     img = val._loader.dataset.folder.loader(val._loader.dataset.folder.samples[0][0])
     assert val._loader.dataset[(0, 0)][0].dtype == torch.uint8
     ref = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
@@ -186,17 +192,37 @@ def test_synthetic():
     assert int(y.max()) < 5
     other, _ = build_loaders(cfg, "cpu", seed=99)  # data set fixed, only the order depends on seed
     assert torch.equal(train.images, other.images) and not torch.equal(train.images, val.images[:4])
-    assert dataset_info("synthetic", cfg) == {"in_chans": 3, "num_classes": 5, "image_size": 8, "small_input": True}
+    assert dataset_info("synthetic", cfg) == {"in_chans": 3, "num_classes": 5, "image_size": 8,
+                                              "small_input": True}
+
+
+def test_the_loaders_read_one_typed_spec_with_the_schemas_defaults():
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    defaults = DataSpec.from_config(None)
+    assert defaults == DataSpec.from_config(DataConfig())
+    assert (defaults.name, defaults.eval_batch_size, defaults.num_workers) == (
+        "fashion_mnist", 512, 8)
+    spec = DataSpec.from_config(OmegaConf.create(dict(name="cifar10", root="/r", batch_size=7)))
+    assert spec == dataclasses.replace(defaults, name="cifar10", root="/r", batch_size=7)
+    assert DataSpec.from_config(spec) is spec
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.batch_size = 1  # type: ignore[misc]
 
 
 def test_dataset_info_table():
     assert DATASETS == ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")
-    assert dataset_info("fashion_mnist") == {"in_chans": 1, "num_classes": 10, "image_size": 28, "small_input": True}
-    assert dataset_info("cifar10") == {"in_chans": 3, "num_classes": 10, "image_size": 32, "small_input": True}
+    assert dataset_info("fashion_mnist") == {"in_chans": 1, "num_classes": 10, "image_size": 28,
+                                             "small_input": True}
+    assert dataset_info("cifar10") == {"in_chans": 3, "num_classes": 10, "image_size": 32,
+                                       "small_input": True}
 
 
 def test_unknown_name():
-    with pytest.raises(UserError, match="data.name='foo' is not a dataset; choose one of: fashion_mnist, mnist"):
+    with pytest.raises(UserError, match="data.name='foo' is not a dataset; choose one of: "
+                                        "fashion_mnist, mnist"):
         dataset_info("foo")
     with pytest.raises(UserError, match="synthetic"):
         build_loaders(make_cfg("foo"), "cpu", seed=0)
@@ -238,7 +264,8 @@ def batches(loader, epoch):
 
 
 def same(a, b):
-    return len(a) == len(b) and all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b))
+    return len(a) == len(b) and all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1])
+                                    for p, q in zip(a, b))
 
 
 def test_epoch_determinism_and_resume(cifar_root):
@@ -300,14 +327,16 @@ def test_world_size_2_shards(cifar_root):
             assert len(tr) == 12 and tr.num_samples == 48 and len(tr.indices()) == 50
         assert len(idx[0]) == len(idx[1]) == 50 and not idx[0] & idx[1]
     (_, v0), (_, v1) = loaders
-    assert v0.indices().tolist() == list(range(0, 20, 2)) and v1.indices().tolist() == list(range(1, 20, 2))
+    assert v0.indices().tolist() == list(range(0, 20, 2))
+    assert v1.indices().tolist() == list(range(1, 20, 2))
     assert len(v0) == 2 and v0.num_samples == 10
     x1, _ = collect(v1)
     assert torch.equal(x1, ref_normalize(v1.images[1::2], "cifar10"))
 
 
 def test_len_and_num_samples_single_process(cifar_root):
-    train, val = build_loaders(make_cfg("cifar10", cifar_root, batch_size=32, eval_batch_size=6), "cpu", seed=0)
+    train, val = build_loaders(make_cfg("cifar10", cifar_root, batch_size=32, eval_batch_size=6),
+                               "cpu", seed=0)
     assert len(train) == 3 and train.num_samples == 96 and len(list(train)) == 3
     assert len(val) == 4 and val.num_samples == 20
     assert [len(b[1]) for b in val] == [6, 6, 6, 2]
@@ -321,7 +350,8 @@ def test_start_batch_resumes_mid_epoch_with_the_same_batches(cifar_root, tmp_pat
     train.set_epoch(1, start_batch=2)
     assert same(list(train), full[2:])
     fx.write_imagenet(tmp_path, ["a", "b"], 3)
-    inet, _ = build_loaders(make_cfg("imagenet", tmp_path, batch_size=2, augment=True), "cpu", seed=1)
+    inet, _ = build_loaders(make_cfg("imagenet", tmp_path, batch_size=2, augment=True), "cpu",
+                            seed=1)
     inet.set_epoch(0)
     whole = list(inet)
     inet.set_epoch(0, start_batch=1)
@@ -387,9 +417,9 @@ def _download_order(rank, world, log, port):
 
 
 def test_only_rank_0_downloads_and_the_others_wait(tmp_path):
-    from conftest import free_port
-
     import torch.multiprocessing as mp
+
+    from conftest import free_port
 
     port = free_port()
     log = tmp_path / "log"

@@ -16,10 +16,10 @@ from rpg_train.engine.optim import lr_schedule, param_groups
 from rpg_train.engine.signals import StopSignals
 from rpg_train.errors import UserError
 from rpg_train.evaluate import evaluate_checkpoint, main as evaluate_main
-
-engine_train = importlib.import_module("rpg_train.engine.train")  # the module, not train()
 from rpg_train.models import create_model
 from rpg_train.rpg import apply_rpg
+
+engine_train = importlib.import_module("rpg_train.engine.train")  # the module, not train()
 
 
 @pytest.mark.parametrize("model", ["resnet18", "resnet20", "timm:resnet18"])
@@ -76,7 +76,8 @@ def test_two_epochs_equal_one_then_resume(quick_cfg, tmp_path):
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    assert torch.equal(a["model"]["rpg_rings.network.weight"], b["model"]["rpg_rings.network.weight"])
+    key = "rpg_rings.network.weight"
+    assert torch.equal(a["model"][key], b["model"][key])
     assert resumed["final_top1"] == full["final_top1"] and resumed["steps"] == full["steps"]
     rows = [(tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("full", "split")]
     assert _strip(map(json.loads, rows[0])) == _strip(map(json.loads, rows[1]))
@@ -142,13 +143,15 @@ def test_ring_gets_weight_decay_and_norms_follow_wd_norm():
     model = apply_rpg(create_model("resnet20", 10), "network", 1000)
     groups = {g["group"]: g for g in param_groups(model, 5e-4, wd_norm=False)}
     ring = model.rpg_rings.network.weight
-    assert any(p is ring for p in groups["ring"]["params"]) and groups["ring"]["weight_decay"] == 5e-4
+    assert any(p is ring for p in groups["ring"]["params"])
+    assert groups["ring"]["weight_decay"] == 5e-4
     assert any(p is model.bn1.weight for p in groups["no_decay"]["params"])
     assert any(p is model.fc.bias for p in groups["no_decay"]["params"])
     assert any(p is model.fc.weight for p in groups["decay"]["params"])
     assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
     decayed = {g["group"]: g for g in param_groups(model, 5e-4, wd_norm=True)}
-    assert "no_decay" not in decayed and any(p is model.bn1.weight for p in decayed["decay"]["params"])
+    assert "no_decay" not in decayed
+    assert any(p is model.bn1.weight for p in decayed["decay"]["params"])
 
 
 def test_schedules():
@@ -326,6 +329,7 @@ def test_evaluate_with_an_empty_shard_on_one_rank(tmp_path):
     """Rank 1 has no batches; the DDP model's buffers (rank 0's after evaluate) must not make
     a collective that rank 1 never joins. The metrics are rank 0's samples', on both ranks."""
     import torch.multiprocessing as mp
+
     from conftest import free_port
 
     mp.spawn(_evaluate_uneven, args=(2, free_port(), str(tmp_path / "m")), nprocs=2)

@@ -22,7 +22,8 @@ def shape_of(name):
 
 def test_every_experiment_is_covered():
     assert {"imagenet", "imagenet_r18_rpg", "imagenet_r18_dense", "imagenet_r34_rpg",
-            "imagenet_r34_rpg_tiny", "imagenet_r34_dense", "cifar10", "cifar100"} <= set(EXPERIMENTS)
+            "imagenet_r34_rpg_tiny", "imagenet_r34_dense", "cifar10", "cifar100"} <= set(
+                EXPERIMENTS)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from rpg_train.rpg import load_compact
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from conftest import _compose, QUICK
+    from conftest import QUICK, _compose
 
     out = tmp_path_factory.mktemp("run")
     train(_compose([*QUICK, "trainer.max_steps=2"], out_dir=out))
@@ -57,7 +57,8 @@ def test_every_format_matches_the_trained_model(trained, tmp_path, fmt, umask):
             got = torch.jit.load(str(out))(x)
         else:
             import onnxruntime as ort
-            got = torch.from_numpy(ort.InferenceSession(str(out)).run(None, {"input": x.numpy()})[0])
+            session = ort.InferenceSession(str(out))
+            got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
     assert torch.allclose(got, want, atol=1e-5)
     assert not list(tmp_path.glob(".*.tmp"))  # the temporary file is gone
 
@@ -201,7 +202,7 @@ def test_a_checkpoint_with_non_finite_weights_is_refused(trained, tmp_path):
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory):
     """A dense run (rpg=none) and the pruning baseline started from it: their last.pt."""
-    from conftest import _compose, QUICK
+    from conftest import QUICK, _compose
 
     out = tmp_path_factory.mktemp("baseline")
     train(_compose([*QUICK, "rpg=none", "model.name=resnet20"], out_dir=out / "dense"))
@@ -242,8 +243,8 @@ def test_the_pruning_baseline_exports_as_compact_and_dense(pruned, tmp_path):
 def test_evaluate_scores_the_whole_test_set_whatever_the_run_limited(quick_cfg, tmp_path,
                                                                      capsys):
     from rpg_train.data import build_data
-    from rpg_train.evaluate import checkpoint_config, evaluate_checkpoint, main
     from rpg_train.engine import checkpoint
+    from rpg_train.evaluate import checkpoint_config, evaluate_checkpoint, main
 
     train(quick_cfg("trainer.limit_batches=1", "data.eval_batch_size=8"))  # as debug=fast
     path = tmp_path / "run" / "last.pt"

@@ -189,9 +189,9 @@ def _resume_choice(rank, world, port, run_dir, out):
 
 
 def test_every_rank_resumes_from_the_file_rank_0_found(quick_cfg, tmp_path):
-    from conftest import free_port
-
     import torch.multiprocessing as mp
+
+    from conftest import free_port
 
     train(quick_cfg("trainer.epochs=2"))  # last.pt at epoch 2, last.prev.pt at epoch 1
     port = free_port()

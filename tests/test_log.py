@@ -1,10 +1,8 @@
 """What the user sees: W&B settings and labels, the console lines, the version and what a
 run records about the code that made it. W&B never reaches the network here: runs use
 WANDB_MODE or a stand-in for wandb.init that records its arguments."""
-import importlib
 import importlib.metadata
 import json
-import os
 import re
 import subprocess
 import sys
@@ -22,12 +20,11 @@ from rpg_train.config import LoggerConfig
 from rpg_train.engine import train
 from rpg_train.errors import UserError
 from rpg_train.evaluate import evaluate_checkpoint
-from rpg_train.log import console, method_label
-from rpg_train.log.provenance import git_commit, provenance
+from rpg_train.log import console, method_label, versions
+from rpg_train.log.versions import git_commit, provenance
 from rpg_train.log.wandb_logger import init_args
 from rpg_train.validation import validate
 
-provenance_module = importlib.import_module("rpg_train.log.provenance")  # not the function
 ROOT = Path(__file__).resolve().parents[1]
 WANDB_VARS = ("WANDB_MODE", "WANDB_PROJECT", "WANDB_DIR", "WANDB_ENTITY", "WANDB_RUN_GROUP",
               "WANDB_NAME", "WANDB_TAGS", "WANDB_API_KEY")
@@ -231,7 +228,7 @@ def test_git_commit_of_the_checkout_and_none_elsewhere(tmp_path, monkeypatch):
     _git(repo, "init", "-q")
     _git(repo, "add", "pyproject.toml")
     _git(repo, "commit", "-qm", "one")
-    monkeypatch.setattr(provenance_module, "_CHECKOUT", repo)
+    monkeypatch.setattr(versions, "_CHECKOUT", repo)
     head = _git(repo, "rev-parse", "HEAD")
     assert git_commit() == (head, False)
     (repo / "pyproject.toml").write_text("[project]\nname = 'x'\n")
@@ -240,7 +237,7 @@ def test_git_commit_of_the_checkout_and_none_elsewhere(tmp_path, monkeypatch):
     (repo / "pyproject.toml").write_text("[project]\n")
     assert git_commit() == (head, False)
     # an installed package: no checkout around it, even inside someone's repository
-    monkeypatch.setattr(provenance_module, "_CHECKOUT", repo / "venv" / "lib")
+    monkeypatch.setattr(versions, "_CHECKOUT", repo / "venv" / "lib")
     assert git_commit() == (None, None)
 
 

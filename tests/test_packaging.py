@@ -57,6 +57,7 @@ def test_wheel_holds_every_package_and_config(wheel):
     src = ROOT / "src"
     packages = {p.relative_to(src).as_posix() for p in src.rglob("__init__.py")}
     assert packages - names == set(), "add the missing packages to pyproject.toml"
+    assert "rpg_train/py.typed" in names  # type checkers then read the package's annotations
     configs = {"rpg_train/conf/" + p.relative_to(ROOT / "conf").as_posix()
                for p in (ROOT / "conf").rglob("*.yaml")}
     assert "rpg_train/conf/config.yaml" in configs

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import SCRIPTS, load_script
 
 SCRIPT = SCRIPTS / "paper_table.py"

@@ -4,7 +4,6 @@ erasing, all seeded so that batches and resumes stay exact."""
 import os
 import random
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ import torch.nn as nn
 sys.path.insert(0, os.path.dirname(__file__))
 import data_fixtures as fx  # noqa: E402
 
+from rpg_train.config import DataConfig  # noqa: E402
 from rpg_train.validation import validate  # noqa: E402
 from rpg_train.data import build_loaders  # noqa: E402
 from rpg_train.engine import train  # noqa: E402
@@ -97,7 +97,7 @@ def test_recipe_settings_are_checked_first(compose_cfg, override, message):
 def _inet(root, **kw):
     base = dict(name="imagenet", root=str(root), batch_size=2, eval_batch_size=4,
                 num_workers=0, augment=True, val_split=0)
-    return types.SimpleNamespace(**(base | kw))
+    return DataConfig(**(base | kw))
 
 
 def test_auto_augment_is_seeded_per_sample_whatever_the_workers(tmp_path):

@@ -55,7 +55,8 @@ def test_compact_refuses_truncated_foreign_and_mismatched_files(tmp_path):
     save_compact(model, good)
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(UserError, match=r"path='.*truncated.safetensors' is not a readable compact"):
+    with pytest.raises(UserError,
+                       match=r"path='.*truncated.safetensors' is not a readable compact"):
         load_compact(truncated)
     garbage = tmp_path / "garbage.bin"
     garbage.write_bytes(b"not a safetensors file at all")
@@ -91,7 +92,8 @@ GENERATED_R20 = sum(p.numel() for n, p in _r20().named_parameters()
 
 
 @pytest.mark.parametrize("params,match", [
-    (0, r"params=0 is out of range: scope='network' generates \d+ weights, so params must be in \[1, \d+\]"),
+    (0, r"params=0 is out of range: scope='network' generates \d+ weights, so params must be "
+        r"in \[1, \d+\]"),
     (-5, r"params=-5 is out of range"),
     (1.5, r"params=1.5 is neither an integer nor a fraction in \(0, 1\)"),
     ("abc", r"params='abc' is not a ring size; give an integer"),
@@ -128,8 +130,10 @@ def test_local_ring_with_zero_entries():
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(scope="global", params=10), r"scope='global' is not valid; choose one of: network, stage, block, layer, none"),
-    (dict(scope="network", params=10, sampling="hash"), r"sampling='hash' is not valid; choose one of: even, ring, iid, plain$"),
+    (dict(scope="global", params=10),
+     r"scope='global' is not valid; choose one of: network, stage, block, layer, none"),
+    (dict(scope="network", params=10, sampling="hash"),
+     r"sampling='hash' is not valid; choose one of: even, ring, iid, plain$"),
 ])
 def test_unknown_scope_and_sampling(kw, match):
     with pytest.raises(UserError, match=match):

@@ -134,7 +134,8 @@ def test_cached_reuses_weights_until_the_ring_changes_and_only_inside():
 def test_generated_weights_are_not_parameters_or_state():
     model = apply_rpg(create_model("resnet18", 10), "block", 5000)
     names = dict(model.named_parameters())
-    assert "layer1.0.conv1.weight" not in names and "layer1.0.conv1.weight" not in model.state_dict()
+    assert "layer1.0.conv1.weight" not in names
+    assert "layer1.0.conv1.weight" not in model.state_dict()
     assert {k for k in names if k.startswith("rpg_rings.")} == {
         f"rpg_rings.layer{i}_{j}.weight" for i in range(1, 5) for j in range(2)}
 

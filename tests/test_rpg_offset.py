@@ -9,8 +9,15 @@ import torch
 import torch.nn as nn
 
 from rpg_train.models import create_model
-from rpg_train.rpg import (apply_rpg, cached, load_compact, materialize, param_report,
-                           rings_of, save_compact)
+from rpg_train.rpg import (
+    apply_rpg,
+    cached,
+    load_compact,
+    materialize,
+    param_report,
+    rings_of,
+    save_compact,
+)
 from rpg_train.rpg.compact import tables_fingerprint
 from rpg_train.rpg.ring import THETA0_SALT
 
@@ -63,7 +70,8 @@ def test_ring_gradient_equals_dense_reference_with_theta0():
     n, total = ring.weight.numel(), ring.generated
     scales = torch.cat([torch.full((s,), c) for s, c in zip(ring.sizes, ring.scales)])
     R = torch.zeros(total, n)
-    R[torch.arange(total), (ring.index % n).long()] = torch.where(ring.index >= n, -1.0, 1.0) * scales
+    signs = torch.where(ring.index >= n, -1.0, 1.0)
+    R[torch.arange(total), (ring.index % n).long()] = signs * scales
     # the dense construction: theta = theta0 + R W, autograd through it
     W = ring.weight.detach().clone().requires_grad_()
     theta = torch.cat(_theta0_by_hand(ring)) + R @ W
@@ -153,7 +161,7 @@ def test_theta0_follows_device_and_dtype_moves_and_to_empty():
     apply_rpg(meta, "block", 3000, offset=True)
     assert tables_fingerprint(meta) == tables_fingerprint(model)
     with pytest.raises(RuntimeError, match="meta device"):
-        rings_of(meta)[0].theta0
+        _ = rings_of(meta)[0].theta0
     meta.to_empty(device="cpu")
     for m in meta.modules():
         if hasattr(m, "reset_parameters"):

@@ -47,7 +47,8 @@ def test_two_processes_one_process_and_accumulation_train_the_same_ring(tmp_path
             # two-bucket ring backward, 4.4e-5 with the signed one-bucket one (each ring
             # gradient is as exact as before: ~1e-7 relative); a missed sync or a wrong lr
             # scale moves the ring by more than 1e-3 (the check below)
-            assert torch.allclose(one[k], other[k], atol=1e-4, rtol=0), (k, (one[k] - other[k]).abs().max())
+            gap = (one[k] - other[k]).abs().max()
+            assert torch.allclose(one[k], other[k], atol=1e-4, rtol=0), (k, gap)
     # and the ring did move: the comparison is not between untouched initial values
     start, _ = _run(tmp_path, "zero", "data.batch_size=16", "optim.lr=1e-12")
     assert all((one[k] - start[k]).abs().max() > 1e-3 for k in one)

@@ -67,6 +67,7 @@ def register_launchers() -> None:
     """Make hydra/launcher=slurm's classes known to Hydra. Its plugin scan finds them in an
     installed wheel but not through an editable install's import hook, so name them."""
     from hydra.core.plugins import Plugins
+
     from hydra_plugins.rpg_train_launcher import launcher
 
     for cls in (launcher.SlurmLauncher, launcher.LocalLauncher):
@@ -92,8 +93,7 @@ def cli() -> None:
     elif env_world() == 1 and not {"-m", "--multirun"} & set(sys.argv):
         run_dir = next((a.split("=", 1)[1] for a in sys.argv[1:]
                         if a.startswith("hydra.run.dir=")), None)
-        who = run_dir and holder(run_dir)
-        if who:
+        if run_dir and (who := holder(run_dir)):
             print(f"error: {busy(os.path.abspath(run_dir), who)}", file=sys.stderr)
             sys.exit(2)
     launcher = next((a.split("=", 1)[1] for a in sys.argv[1:]

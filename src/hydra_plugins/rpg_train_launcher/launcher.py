@@ -16,7 +16,9 @@ from rpg_train.paths import QUIET  # a rank > 0's overrides: Hydra writes nothin
 
 try:  # the `slurm` extra; without it Hydra's plugin scan must still import this module
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
-        LocalLauncher as _Local, SlurmLauncher as _Slurm)
+        LocalLauncher as _Local,
+        SlurmLauncher as _Slurm,
+    )
 except ImportError:  # pragma: no cover - exercised only without the extra
     _Local = _Slurm = None
 
@@ -53,7 +55,7 @@ def _resume(overrides: list[str]) -> list[str]:
 
 
 def _mixin(base):
-    class RunLauncher(base):  # type: ignore[misc, valid-type]
+    class RunLauncher(base):
         def __call__(self, sweep_overrides: list[str], *args: Any, **kwargs: Any):
             sweep_overrides = auto_resume(sweep_overrides)
             if _export_world() > 0:

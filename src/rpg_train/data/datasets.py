@@ -25,7 +25,8 @@ IDX_LABELS_MAGIC = 2049
 SYSTEM_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 _TV_FOLDER = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST"}
 _CIFAR = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                "labels"),
     "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels"),
 }
 
@@ -54,7 +55,8 @@ def read_idx(path, expect_magic: int | None = None) -> np.ndarray:
     magic = int.from_bytes(buf[:4], "big")
     ndim = buf[3]
     # byte 2 = 0x08 is the unsigned-byte type code; nothing else is used by (Fashion-)MNIST
-    if buf[0] != 0 or buf[1] != 0 or buf[2] != 0x08 or (expect_magic is not None and magic != expect_magic):
+    if buf[0] != 0 or buf[1] != 0 or buf[2] != 0x08 or (expect_magic is not None
+                                                        and magic != expect_magic):
         want = expect_magic if expect_magic is not None else "0x0000080N"
         raise _bad_file(path, f"{os.path.basename(path)}: idx magic number {magic} "
                               f"(expected {want})")
@@ -128,7 +130,8 @@ def load_mnist_like(name: str, root, download: bool) -> dict:
     looked = ", ".join(idx_search_dirs(name, root))
     hint = "set data.download=true"
     if name == "fashion_mnist":
-        hint = f"`apt-get install dataset-fashion-mnist` (installs {SYSTEM_FASHION_MNIST}) or " + hint
+        hint = (f"`apt-get install dataset-fashion-mnist` (installs {SYSTEM_FASHION_MNIST}) or "
+                + hint)
     raise UserError(
         "data.root", root, f"holds no {name} idx files (looked in: {looked}).{err} "
         f"To get the data: {hint}, or put the four idx files "
@@ -138,9 +141,10 @@ def load_mnist_like(name: str, root, download: bool) -> dict:
 
 # ---------------------------------------------------------------- CIFAR
 # what the official CIFAR pickles need: numpy arrays and their dtypes, nothing that runs code
-_CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                  ("numpy", "ndarray"), ("numpy", "dtype"), ("copy_reg", "_reconstructor"),
-                  ("copyreg", "_reconstructor"), ("__builtin__", "object"), ("builtins", "object")}
+_CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"),
+                  ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"),
+                  ("numpy", "dtype"), ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"),
+                  ("__builtin__", "object"), ("builtins", "object")}
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -260,7 +264,8 @@ def imagenet_folder(root, split: str, classes: list[str]):
 SYNTHETIC_SEED = 1234  # fixed: every run sees the same synthetic train/val sets
 
 
-def make_synthetic(n: int, in_chans: int, size: int, num_classes: int, seed: int):
+def make_synthetic(n: int, in_chans: int, size: int, num_classes: int,
+                   seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, in_chans, size, size, generator=g)
     y = torch.randint(num_classes, (n,), generator=g)

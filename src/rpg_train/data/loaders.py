@@ -7,7 +7,6 @@ run resumed at epoch k sees exactly the batches an uninterrupted run would see.
 from __future__ import annotations
 
 import copy
-
 import random
 from typing import Any, NamedTuple
 
@@ -16,7 +15,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ..errors import UserError, check_choice
+from ..seeding import seed_everything
 from . import datasets as ds
+from .spec import DataSpec
 from .transforms import AUGMENT, MEAN_STD, normalize, random_crop_flip
 
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")  # data.name
@@ -30,6 +31,7 @@ _INFO = {
 # independent random streams derived from the same (seed, epoch, rank)
 _PERM, _AUG, _SAMPLE, _WORKERS = 0, 1, 2, 3
 _HOLDOUT_SEED = 20_200_611  # fixed: the held-out part never depends on the run's seed
+Split = tuple[torch.Tensor, torch.Tensor]  # (images, labels) of a split held in memory
 
 
 def _check_name(name) -> str:
@@ -37,25 +39,30 @@ def _check_name(name) -> str:
     return name
 
 
-def dataset_info(name: str, cfg=None) -> dict:
+def dataset_info(name: str, cfg: Any = None) -> dict:
+    """Channels, classes, image size and whether the CIFAR stem fits, of dataset `name`;
+    `cfg` (a data config, DataSpec.from_config) gives synthetic's shape and ImageNet's root."""
     _check_name(name)
+    spec = DataSpec.from_config(cfg)
     if name == "synthetic":
-        c, k, s = (int(getattr(cfg, a, d)) for a, d in (("in_chans", 3), ("num_classes", 10), ("image_size", 32)))
-        return {"in_chans": c, "num_classes": k, "image_size": s, "small_input": True}
+        return {"in_chans": spec.in_chans, "num_classes": spec.num_classes,
+                "image_size": spec.image_size, "small_input": True}
     c, k, s, small = _INFO[name]
     if name == "imagenet":
-        classes = ds.imagenet_classes(getattr(cfg, "root", None))
+        classes = ds.imagenet_classes(spec.root)
         k = len(classes) if classes else k
     return {"in_chans": c, "num_classes": k, "image_size": s, "small_input": small}
 
 
 def mix_seed(*parts: int) -> int:
     """Hash integers into a 63-bit seed (SeedSequence decorrelates nearby seeds/epochs)."""
-    state = np.random.SeedSequence([int(p) % 2**63 for p in parts]).generate_state(2, dtype=np.uint32)
+    seq = np.random.SeedSequence([int(p) % 2**63 for p in parts])
+    state = seq.generate_state(2, dtype=np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
 
 
-def epoch_indices(n: int, seed: int, epoch: int, rank: int, world_size: int, train: bool) -> torch.Tensor:
+def epoch_indices(n: int, seed: int, epoch: int, rank: int, world_size: int,
+                  train: bool) -> torch.Tensor:
     """This rank's sample indices for the epoch (CPU int64).
     Train: a seeded permutation shared by all ranks, truncated to a multiple of world_size and
     strided by rank (as DistributedSampler(drop_last=True)). Val: in order, rank::world_size."""
@@ -95,7 +102,7 @@ class DeviceLoader(_EpochLoaderBase):
     """Whole split resident on `device` (uint8, or float for synthetic); batches are gathered,
     augmented and normalised there. No DataLoader, no workers."""
 
-    def __init__(self, images, labels, *, batch_size, train, device, seed, rank=0, world_size=1,
+    def __init__(self, images, labels, /, *, batch_size, train, device, seed, rank=0, world_size=1,
                  mean=None, std=None, augment=False, pad=0, flip=False):
         super().__init__(len(images), batch_size, train, seed, rank, world_size)
         self.device = torch.device(device)
@@ -143,15 +150,9 @@ class EpochSampler(Sampler):
         return iter(list(zip(idx.tolist(), seeds.tolist()))[self.start:])
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world_size)) if not self.train else self.n // self.world_size
-
-
-def _seed_all(seed: int) -> None:
-    """The three RNGs augmentations draw from: torch's (torchvision), Python's and NumPy's
-    (timm's policies)."""
-    torch.default_generator.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
+        if self.train:
+            return self.n // self.world_size
+        return len(range(self.rank, self.n, self.world_size))
 
 
 class SeededImageDataset(Dataset):
@@ -175,12 +176,12 @@ class SeededImageDataset(Dataset):
         if not self.seeded:
             return self.transform(img), target
         if get_worker_info() is not None:
-            _seed_all(sample_seed)
+            seed_everything(sample_seed, cpu_only=True)
             return self.transform(img), target
         saved = random.getstate(), np.random.get_state()
         try:
             with torch.random.fork_rng(devices=[]):
-                _seed_all(sample_seed)
+                seed_everything(sample_seed, cpu_only=True)
                 return self.transform(img), target
         finally:
             random.setstate(saved[0])
@@ -255,48 +256,44 @@ def auto_augment(policy: str | None, mean) -> list:
     return list(secondary.transforms)
 
 
-def _imagenet_loaders(cfg, device, seed, rank, world_size, with_train=True, split=0):
+def _imagenet_loaders(spec: DataSpec, device, seed, rank, world_size, with_train=True):
     from torchvision import transforms as T
 
-    root = ds.default_root("imagenet", getattr(cfg, "root", None))
+    root = ds.default_root("imagenet", spec.root)
     classes = ds.imagenet_classes(root)
     if not classes:
         raise UserError(
             "data.root", root, f"holds no imagenet: expected class folders under {root}/train "
-            f"(and {root}/val), torchvision ImageFolder layout; ImageNet cannot be downloaded automatically."
+            f"(and {root}/val), torchvision ImageFolder layout; ImageNet cannot be downloaded "
+            "automatically."
         )
     mean, std = MEAN_STD["imagenet"]
     to_uint8 = T.PILToTensor()  # normalised on the device (FolderLoader)
     eval_tf = T.Compose([T.Resize(256), T.CenterCrop(224), to_uint8])
-    aug = bool(getattr(cfg, "augment", True))
-    policy = auto_augment(getattr(cfg, "auto_augment", None), mean)
+    aug = spec.augment
+    policy = auto_augment(spec.auto_augment, mean)
     train_tf = (T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), *policy, to_uint8])
                 if aug else eval_tf)
-    workers = int(getattr(cfg, "num_workers", 0) or 0)
-    common = dict(device=device, seed=seed, rank=rank, world_size=world_size, num_workers=workers,
-                  mean=mean, std=std)
-    erase = float(getattr(cfg, "re_prob", 0.0) or 0.0)
+    common = dict(device=device, seed=seed, rank=rank, world_size=world_size,
+                  num_workers=spec.num_workers, mean=mean, std=std)
     train = holdout = None
     if with_train:  # scanning 1.28 M training files is not free: skip it for evaluation
         folder = ds.imagenet_folder(root, "train", classes)
-        if split:  # held-out training images, evaluated like the val folder
-            keep, held = holdout_indices(len(folder), split, "imagenet")
+        if spec.val_split:  # held-out training images, evaluated like the val folder
+            keep, held = holdout_indices(len(folder), spec.val_split, "imagenet")
             folder, held = _folder_subset(folder, keep), _folder_subset(folder, held)
             holdout = FolderLoader(SeededImageDataset(held, eval_tf, False),
-                                   batch_size=_eval_bs(cfg), train=False, **common)
+                                   batch_size=spec.eval_batch_size, train=False, **common)
         train = FolderLoader(SeededImageDataset(folder, train_tf, aug),
-                             batch_size=cfg.batch_size, train=True, re_prob=erase, **common)
+                             batch_size=spec.batch_size, train=True, re_prob=spec.re_prob,
+                             **common)
     val_folder = ds.imagenet_folder(root, "val", classes)
     if len(val_folder) == 0:
         raise UserError("data.root", root, f"has no images under {root}/val/<class>/ (the "
                         "torchvision ImageFolder layout, the same class folders as train)")
     val = FolderLoader(SeededImageDataset(val_folder, eval_tf, False),
-                       batch_size=_eval_bs(cfg), train=False, **common)
+                       batch_size=spec.eval_batch_size, train=False, **common)
     return train, val, holdout
-
-
-def _eval_bs(cfg) -> int:
-    return int(getattr(cfg, "eval_batch_size", None) or cfg.batch_size)
 
 
 class Loaders(NamedTuple):
@@ -316,7 +313,8 @@ def holdout_indices(total: int, n: int, name: str) -> tuple[torch.Tensor, torch.
     return perm[n:].sort().values, perm[:n].sort().values
 
 
-def holdout_split(images, labels, n: int, name: str):
+def holdout_split(images: torch.Tensor, labels: torch.Tensor, n: int,
+                  name: str) -> tuple[Split, Split]:
     """(train, held-out) parts of an in-memory training split (holdout_indices)."""
     keep, held = holdout_indices(len(images), n, name)
     return (images[keep], labels[keep]), (images[held], labels[held])
@@ -330,7 +328,8 @@ def _folder_subset(folder, indices: torch.Tensor):
     return part
 
 
-def build_loaders(cfg, device, seed: int, rank: int = 0, world_size: int = 1, with_train: bool = True):
+def build_loaders(cfg: Any, device, seed: int, rank: int = 0, world_size: int = 1,
+                  with_train: bool = True) -> tuple[Any, Any]:
     """(train_loader, val_loader) for cfg.name; see `build_data`."""
     data = build_data(cfg, device, seed, rank, world_size, with_train)
     return data.train, data.val
@@ -354,27 +353,27 @@ def rank0_first(fn, rank: int, world_size: int):
     return fn(False)
 
 
-def build_data(cfg, device, seed: int, rank: int = 0, world_size: int = 1,
+def build_data(cfg: Any, device, seed: int, rank: int = 0, world_size: int = 1,
                with_train: bool = True) -> Loaders:
-    """The loaders for cfg.name; see the package docstring for the contract. with_train=False
-    leaves out the training split (and the held-out part), for evaluation."""
-    name = _check_name(cfg.name)
+    """The loaders for the data config `cfg` (DataSpec.from_config); see the package docstring
+    for the contract. with_train=False leaves out the training split (and the held-out part),
+    for evaluation."""
+    spec = DataSpec.from_config(cfg)
+    name = _check_name(spec.name)
     if not (world_size >= 1 and 0 <= rank < world_size):
         raise ValueError(f"bad rank={rank} for world_size={world_size}")
-    split = int(getattr(cfg, "val_split", 0) or 0)
+    split = spec.val_split
     holdout = None
     if name == "imagenet":
-        train, val, holdout = _imagenet_loaders(cfg, device, seed, rank, world_size, with_train,
-                                                split)
+        train, val, holdout = _imagenet_loaders(spec, device, seed, rank, world_size, with_train)
     else:
-        root, download = getattr(cfg, "root", None), bool(getattr(cfg, "download", False))
+        root, download = spec.root, spec.download
         kw = dict(device=device, seed=seed, rank=rank, world_size=world_size)
         if name == "synthetic":
-            info = dataset_info(name, cfg)
-            shape = (info["in_chans"], info["image_size"], info["num_classes"])
-            data = dict(train=ds.make_synthetic(int(cfg.num_train), *shape, seed=ds.SYNTHETIC_SEED),
-                        test=ds.make_synthetic(int(cfg.num_val), *shape, seed=ds.SYNTHETIC_SEED + 1))
-            aug = dict()
+            shape = (spec.in_chans, spec.image_size, spec.num_classes)
+            data = dict(train=ds.make_synthetic(spec.num_train, *shape, seed=ds.SYNTHETIC_SEED),
+                        test=ds.make_synthetic(spec.num_val, *shape, seed=ds.SYNTHETIC_SEED + 1))
+            aug: dict[str, Any] = {}
         else:
             load = ds.load_cifar if name.startswith("cifar") else ds.load_mnist_like
             data = rank0_first(lambda first: load(name, root, download and first), rank,
@@ -382,18 +381,18 @@ def build_data(cfg, device, seed: int, rank: int = 0, world_size: int = 1,
             mean, std = MEAN_STD[name]
             pad, flip = AUGMENT[name]
             kw.update(mean=mean, std=std)
-            aug = dict(augment=bool(getattr(cfg, "augment", True)), pad=pad, flip=flip)
+            aug = dict(augment=spec.augment, pad=pad, flip=flip)
         train_data = data["train"]
         if split and with_train:
             train_data, held = holdout_split(*train_data, split, name)
-            holdout = DeviceLoader(*held, batch_size=_eval_bs(cfg), train=False, **kw)
-        train = DeviceLoader(*train_data, batch_size=cfg.batch_size, train=True, **aug, **kw)
-        val = DeviceLoader(*data["test"], batch_size=_eval_bs(cfg), train=False, **kw)
+            holdout = DeviceLoader(*held, batch_size=spec.eval_batch_size, train=False, **kw)
+        train = DeviceLoader(*train_data, batch_size=spec.batch_size, train=True, **aug, **kw)
+        val = DeviceLoader(*data["test"], batch_size=spec.eval_batch_size, train=False, **kw)
     if not with_train:
         return Loaders(None, val)
     if len(train) == 0:
         raise UserError(
-            "data.batch_size", cfg.batch_size, f"exceeds the {train.n // world_size} training "
+            "data.batch_size", spec.batch_size, f"exceeds the {train.n // world_size} training "
             f"samples per process of {name}; the train loader would be empty"
         )
     return Loaders(train, val, holdout)

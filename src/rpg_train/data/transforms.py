@@ -28,12 +28,14 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
     return (x.float() / 255.0 - mean) / std
 
 
-def crop_flip(x: torch.Tensor, pad: int, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+def crop_flip(x: torch.Tensor, pad: int, oy: torch.Tensor, ox: torch.Tensor,
+              flip: torch.Tensor) -> torch.Tensor:
     """Per-sample crop of the zero-padded batch at offsets (oy, ox) in [0, 2*pad], then mirror
     where flip is True. One gather for the whole batch, no Python loop over samples."""
     n, _, h, w = x.shape
     if pad:
-        x = F.pad(x, (pad, pad, pad, pad))  # zero = black in raw pixel space, like torchvision's RandomCrop
+        # zero = black in raw pixel space, like torchvision's RandomCrop
+        x = F.pad(x, (pad, pad, pad, pad))
     ar_h = torch.arange(h, device=x.device)
     ar_w = torch.arange(w, device=x.device)
     rows = oy[:, None] + ar_h  # (N, H)
@@ -43,7 +45,8 @@ def crop_flip(x: torch.Tensor, pad: int, oy: torch.Tensor, ox: torch.Tensor, fli
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+def random_crop_flip(x: torch.Tensor, pad: int, flip: bool,
+                     generator: torch.Generator) -> torch.Tensor:
     """Random crop (zero padding `pad`) and optional random horizontal flip; randomness only from
     `generator`, which must live on x.device."""
     n = x.shape[0]

@@ -6,6 +6,7 @@ import os
 import random
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -155,15 +156,18 @@ def gather_objects(obj) -> list:
 
 class Vote:
     """The largest value over the ranks of each of a few flags (a stop signal's number, save
-    now, diverged), agreed by all ranks one call late: each call starts a CPU all-reduce (gloo, beside NCCL on GPUs) and reads the
-    one started by the previous call, so checking every step never waits on the device.
-    Ranks make the same calls in the same order, so they all act on the same step."""
+    now, diverged), agreed by all ranks one call late: each call starts a CPU all-reduce (gloo,
+    beside NCCL on GPUs) and reads the one started by the previous call, so checking every
+    step never waits on the device. Ranks make the same calls in the same order, so they all
+    act on the same step."""
 
     def __init__(self, n: int = 2, timeout_s: float = 600):
-        self.n, self.pending = n, None
-        self.group = None
+        self.n = n
+        self.pending: tuple[Any, torch.Tensor] | None = None  # (the all-reduce's Work, flags)
+        self.group: dist.ProcessGroup | None = None
         if initialized() and dist.get_backend() != "gloo":  # a collective: every rank makes it
-            self.group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+            group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+            self.group = cast(dist.ProcessGroup, group)  # every rank is a member
 
     def __call__(self, *flags: int) -> list[int]:
         """The flags agreed at the previous call (all 0 at the first); starts this one's."""

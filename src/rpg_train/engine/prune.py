@@ -43,7 +43,7 @@ def prune_to(model: nn.Module, keep, share_stem: bool = False, share_head: bool 
     """Zero all but the `keep` largest-magnitude weights (an integer, or a fraction in (0, 1))
     over the generated layers together; returns `keep` as a count."""
     layers = prunable_layers(model, share_stem, share_head)
-    total = sum(m.weight.numel() for m in layers)
+    total = sum(m.get_parameter("weight").numel() for m in layers)
     try:
         keep = ring_size(keep, total)
     except UserError as err:
@@ -60,7 +60,8 @@ def nonzero_count(layers: list[nn.Module]) -> int:
     """Non-zero effective weights (weight_orig * weight_mask: current even right after a
     load_state_dict, when the module's `weight` attribute is stale until the next forward)."""
     with torch.no_grad():
-        return sum(int(torch.count_nonzero(m.weight_orig * m.weight_mask)) for m in layers)
+        return sum(int(torch.count_nonzero(m.get_parameter("weight_orig")
+                                           * m.get_buffer("weight_mask"))) for m in layers)
 
 
 def pruned_report(model: nn.Module) -> dict:
@@ -69,7 +70,7 @@ def pruned_report(model: nn.Module) -> dict:
     layers = pruned_layers(model)
     origs = {id(m.weight_orig) for m in layers}
     others = sum(p.numel() for p in model.parameters() if id(p) not in origs and p.requires_grad)
-    generated = sum(m.weight_orig.numel() for m in layers)
+    generated = sum(m.get_parameter("weight_orig").numel() for m in layers)
     nonzero = nonzero_count(layers)
     trainable = nonzero + others
     return dict(ring=0, unshared=others, trainable=trainable, generated=generated,

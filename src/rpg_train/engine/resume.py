@@ -4,6 +4,8 @@ trainer.seed. A resume that changed one would record the new value in config.yam
 results.json while training with the old one, so it is refused in one line."""
 from __future__ import annotations
 
+from typing import cast
+
 from omegaconf import OmegaConf
 
 from .checkpoint import Checkpoint
@@ -17,7 +19,7 @@ def check_kept(ckpt: Checkpoint, cfg) -> None:
     """Refuse a resume whose optimizer settings or seed differ from the checkpoint's config
     (a key the checkpoint's config lacks, from an older version, is not checked)."""
     theirs = ckpt.state.get("config") or {}
-    mine = OmegaConf.to_container(cfg, resolve=True)
+    mine = cast(dict, OmegaConf.to_container(cfg, resolve=True))
     diff = []
     for key in KEPT + BY_OPTIMIZER.get(mine["optim"]["name"], ()):
         group, name = key.split(".")

@@ -7,8 +7,8 @@ import threading
 
 # SIGUSR1/SIGUSR2: what SLURM sends before a job's time limit (sbatch --signal; submitit's
 # default is USR2)
-NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGUSR1: "SIGUSR1", signal.SIGUSR2: "SIGUSR2",
-         signal.SIGINT: "Ctrl-C"}
+NAMES: dict[int, str] = {signal.SIGTERM: "SIGTERM", signal.SIGUSR1: "SIGUSR1",
+                         signal.SIGUSR2: "SIGUSR2", signal.SIGINT: "Ctrl-C"}
 
 
 class Interrupted(Exception):
@@ -31,7 +31,7 @@ class StopSignals:
         self.signum = None
         self._previous = {}
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in NAMES}
         return self

@@ -2,7 +2,7 @@
 from .console import Heartbeat, preparing, progress, status
 from .method import method_label, run_name
 from .metrics import MetricsFile, strict_json
-from .provenance import provenance
+from .versions import provenance
 from .wandb_logger import LOGGERS, WANDB_MODES, WandbLogger
 
 __all__ = ["progress", "preparing", "status", "Heartbeat", "MetricsFile", "strict_json",

@@ -9,6 +9,7 @@ import netrc
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 from ..errors import UserError
 
@@ -63,7 +64,8 @@ class WandbLogger:
 
     def __init__(self, cfg, resolved: dict, out_dir: Path, enabled: bool, name: str = "",
                  tags: tuple = (), extra: dict | None = None):
-        self.run, self.args = None, None
+        self.run: Any = None
+        self.args: dict[str, Any] | None = None
         if cfg.name != "wandb" or not enabled:
             return
         args = init_args(cfg, os.environ, out_dir, name, list(tags))
@@ -79,7 +81,7 @@ class WandbLogger:
 
     def record(self) -> dict | None:
         """Where the run went in W&B (results.json keeps it), None when nothing was logged."""
-        if self.run is None:
+        if self.run is None or self.args is None:
             return None
         keys = ("project", "entity", "group", "name", "mode")
         return {k: self.args[k] for k in keys} | {"id": self.run.id}
@@ -94,7 +96,7 @@ class WandbLogger:
             self.run.summary.update(values)
 
     def finish(self) -> None:
-        if self.run is None:
+        if self.run is None or self.args is None:
             return
         run_dir = Path(self.run.dir).parent
         self.run.finish()

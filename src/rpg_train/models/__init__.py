@@ -15,7 +15,7 @@ import torchvision
 from ..errors import UserError
 from .cifar_resnet import CifarResNet
 from .input_size import smallest_input  # noqa: F401  (validate's check)
-from .torchvision_resnet import scaled, torchvision_resnet
+from .tv_resnet import scaled, torchvision_resnet
 
 TIMM = "timm:"  # prefix: timm:<any timm model name>
 

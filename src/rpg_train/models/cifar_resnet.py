@@ -9,6 +9,7 @@ on how the batch is split over processes (small per-GPU batches; SyncBatchNorm n
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch.nn as nn
 import torch.nn.functional as F
@@ -26,8 +27,10 @@ class _PadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
 
 
-NORMS = {"batch": nn.BatchNorm2d,
-         "group": lambda c: nn.GroupNorm(math.gcd(c, 8), c)}  # model.kwargs.norm
+NORMS: dict[str, Callable[[int], nn.Module]] = {  # model.kwargs.norm
+    "batch": nn.BatchNorm2d,
+    "group": lambda c: nn.GroupNorm(math.gcd(c, 8), c),
+}
 
 
 class BasicBlock(nn.Module):
@@ -37,7 +40,7 @@ class BasicBlock(nn.Module):
         self.bn1 = norm(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = norm(cout)
-        self.downsample = None
+        self.downsample: nn.Module | None = None
         if stride != 1 or cin != cout:
             if shortcut == "A":
                 self.downsample = _PadShortcut(stride, cout - cin)

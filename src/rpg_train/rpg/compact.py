@@ -13,7 +13,9 @@ import torch.nn as nn
 
 from ..errors import UserError
 from .apply import apply_rpg, rings_of
-from .quant import BITS, RingCodes, mask_ring, pack_bits, unpack_bits
+from .quant import BITS, RingCodes
+from .ring import Ring
+from .sparsity import pack_bits, unpack_bits
 
 # 2: per-ring table seeds, one multiplier reference per network; 3: quantized rings (codes,
 # offsets, steps) may replace a ring's float entries; 4: a pruned ring is stored as a bitmask
@@ -48,7 +50,8 @@ def save_compact(model: nn.Module, path) -> None:
     quant, sparse = {}, {}
     for name, module in model.named_modules():
         key = f"{name}.weight"
-        codes, keep = getattr(module, "codes", None), getattr(module, "prune_keep", None)
+        codes = getattr(module, "codes", None)
+        keep = module.keep_mask if isinstance(module, Ring) else None
         if codes is None and keep is None:
             continue
         part, store = tensors.pop(key), key
@@ -118,7 +121,7 @@ def load_compact(path, builder=None) -> nn.Module:
         if f"{name}.weight" in codes:
             module.codes = codes[f"{name}.weight"]
         if f"{name}.weight" in masks:
-            mask_ring(module, masks[f"{name}.weight"])
+            module.set_keep_mask(masks[f"{name}.weight"])
     return model
 
 

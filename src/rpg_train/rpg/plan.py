@@ -65,7 +65,7 @@ def find_targets(model: nn.Module, share_stem: bool, share_head: bool) -> list[T
                 users.setdefault(id(p), []).append(path)
     generatable = {p for p, _ in layers} - skip
     targets, seen = [], set()
-    for path, m in layers:
+    for _, m in layers:
         w = _own_weight(m)
         if id(w) in seen:
             continue
@@ -138,10 +138,12 @@ def ring_size(params, total: int) -> int:
     if isinstance(params, float) and params == 1.0:  # the fraction 1, or a 1-entry ring?
         raise UserError("params", params, "is ambiguous (a fraction is in (0, 1)); give the "
                         f"exact count {total} for a ring as large as the layers")
-    if 0 < params < 1:
+    if 0 < float(params) < 1:
         return max(1, round(float(params) * total))
-    if float(params).is_integer():
+    if isinstance(params, numbers.Integral):  # (a numpy integer too, exactly)
         return int(params)
+    if float(params).is_integer():
+        return int(float(params))
     raise UserError("params", params, "is neither an integer nor a fraction in (0, 1)")
 
 

@@ -1,5 +1,5 @@
-"""Compressing the rings: affine integer codes per ring or per block of ring entries
-(quantize_ring), and magnitude pruning of ring entries (prune_ring).
+"""Quantizing the rings: affine integer codes per ring or per block of ring entries
+(quantize_ring). Pruning ring entries is in sparsity.py.
 
 `quantize_ring(model, bits, block)` replaces every ring's entries by their dequantized values
 and records the codes on the ring; `save_compact` then stores the codes (uint8, or two 4-bit
@@ -69,7 +69,7 @@ def quantize_ring(model, bits: int = 8, block: int | None = None) -> dict:
         raise UserError("block", block, "must be at least 1 (or None: one block per ring)")
     out = {}
     for name, ring in _named_rings(model):
-        w, keep = ring.weight.detach(), getattr(ring, "prune_keep", None)
+        w, keep = ring.weight.detach(), ring.keep_mask
         kept = None if keep is None else keep.bool()
         part = w if kept is None else w[kept]  # a pruned ring: only its kept entries
         codes = quantize(part, bits, block or max(part.numel(), 1))
@@ -87,65 +87,3 @@ def _named_rings(model):
     rings = list(rings_of(model))
     names = {id(m): n for n, m in model.named_modules()}
     return [(names[id(r)], r) for r in rings]
-
-
-def prune_ring(model, amount: float) -> int:
-    """Magnitude pruning of ring entries: the `amount` fraction of all ring entries of
-    `model` with the smallest magnitudes (over all its rings) become 0, and with them every
-    weight entry they generate. Each ring keeps its mask (`ring.prune_keep`) and applies it in
-    every forward, so pruned entries get no gradient and stay 0 while the model is fine-tuned.
-    Returns the number of entries pruned."""
-    if not 0 <= amount < 1:
-        raise UserError("amount", amount, "must be in [0, 1)")
-    rings = rings_of(model)
-    flat = torch.cat([r.weight.detach().abs().flatten().cpu() for r in rings])
-    k = round(amount * flat.numel())
-    drop = torch.zeros(flat.numel(), dtype=torch.bool)
-    if k:
-        drop[torch.topk(flat, k, largest=False, sorted=False).indices] = True
-    masks, start = [], 0
-    for ring in rings:
-        n = ring.weight.numel()
-        masks.append(~drop[start: start + n])
-        start += n
-    set_ring_masks(model, masks)
-    return k
-
-
-def ring_masks(model) -> list[torch.Tensor] | None:
-    """The keep masks prune_ring left on `model`'s rings (CPU bool tensors, in rings_of
-    order), or None if its rings are not pruned."""
-    rings = rings_of(model)
-    if not rings or any(getattr(r, "prune_keep", None) is None for r in rings):
-        return None
-    return [r.prune_keep.detach().bool().cpu() for r in rings]
-
-
-def set_ring_masks(model, masks: list[torch.Tensor]) -> None:
-    """Prune `model`'s rings by these keep masks (bool, in rings_of order), as prune_ring
-    does; a model pruned again takes the new masks."""
-    rings = rings_of(model)
-    if len(masks) != len(rings) or any(m.numel() != r.weight.numel()
-                                       for m, r in zip(masks, rings)):
-        raise ValueError("the masks do not match this model's rings")
-    for ring, keep in zip(rings, masks):
-        mask_ring(ring, keep)
-
-
-def mask_ring(ring, keep: torch.Tensor) -> None:
-    """set_ring_masks for one ring: the stored entries it drops become 0 too."""
-    keep = keep.to(device=ring.weight.device, dtype=ring.weight.dtype)
-    with torch.no_grad():
-        ring.weight.mul_(keep)
-    ring.prune_keep = keep
-
-
-def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """A bool vector as bytes, 8 entries per byte (entry i is bit i % 8 of byte i // 8)."""
-    m = torch.cat([mask.bool(), mask.new_zeros((-mask.numel()) % 8, dtype=torch.bool)])
-    return (m.view(-1, 8).to(torch.uint8) << torch.arange(8, dtype=torch.uint8)).sum(
-        1, dtype=torch.uint8)
-
-
-def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
-    return ((packed[:, None] >> torch.arange(8, dtype=torch.uint8)) & 1).flatten()[:n].bool()

@@ -12,8 +12,9 @@ entry, 4k bytes per generated weight), scaled by 1/sqrt(k).
 With `offset`, a frozen random theta0 (each layer's Kaiming init, drawn from the table seed,
 never trained or saved; one float per generated weight) is added to every generated weight.
 Backward, deterministic by construction: on the CPU `index_add_` of the signed, scaled
-gradients runs serially into one ring-sized float32 accumulator; on other devices (where it would use atomics) a per-layer inverse table, built
-once from the forward table, turns the scatter-add into a gather plus a fixed-order sum.
+gradients runs serially into one ring-sized float32 accumulator; on other devices (where it
+would use atomics) a per-layer inverse table, built once from the forward table, turns the
+scatter-add into a gather plus a fixed-order sum.
 The autograd graph holds only tensors and numbers, never the module, so a dropped model is
 freed at once.
 """
@@ -138,15 +139,20 @@ class Ring(nn.Module):
         self.sampling, self.sign, self.table_seed = sampling, sign, table_seed
         self.fan_ref, self.fan_outs, self.offset, self.k = fan_ref, list(fan_outs), offset, k
         self.starts = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
-        self._theta0 = None  # drawn when first needed, like the table
+        self._theta0: torch.Tensor | None = None  # drawn when first needed, like the table
         # each layer starts at its own Kaiming fan-out std, with one reference for the network
         # (a sum of k entries has k times the variance: 1/sqrt(k); exact, / 1.0, for k = 1)
         self.scales = [math.sqrt(fan_ref / f) / math.sqrt(k) for f in fan_outs]
-        self._index = self._slices = self._inverse = None  # derived from the recipe
-        self._caching, self._cache = 0, {}
-        # prune_ring's mask (1 kept, 0 pruned; ring dtype): applied in every forward, so a
-        # pruned entry generates 0 and gets no gradient whatever its stored value. A buffer,
-        # so it follows .to() and deepcopy; not persistent, so state dicts are unchanged
+        # derived from the recipe
+        self._index: torch.Tensor | None = None
+        self._slices: list[torch.Tensor] | None = None
+        self._inverse: list[list[tuple[torch.Tensor, torch.Tensor]] | None] | None = None
+        self._caching = 0
+        self._cache: dict[int, tuple[tuple, torch.Tensor]] = {}
+        # the keep mask (1 kept, 0 pruned; ring dtype), set by set_keep_mask only: applied in
+        # every forward, so a pruned entry generates 0 and gets no gradient whatever its
+        # stored value. A buffer, so it follows .to() and deepcopy; not persistent, so state
+        # dicts are unchanged
         self.register_buffer("prune_keep", None, persistent=False)
         self.reset_parameters()
 
@@ -160,6 +166,27 @@ class Ring(nn.Module):
     @property
     def generated(self) -> int:
         return sum(self.sizes)
+
+    @property
+    def keep_mask(self) -> torch.Tensor | None:
+        """The keep mask (1 kept, 0 pruned, in the ring's dtype), or None when unpruned."""
+        return self._buffers.get("prune_keep")  # (absent from Rings pickled before it)
+
+    def set_keep_mask(self, mask: torch.Tensor | None) -> None:
+        """Prune the ring to the entries `mask` (bool or 0/1, one per entry) keeps: the
+        dropped stored entries become 0 and every forward multiplies by the mask, so they
+        stay 0 while training. None unprunes (the zeroed entries train again). The one way
+        a mask is set on a ring."""
+        if mask is None:
+            self.register_buffer("prune_keep", None, persistent=False)
+            return
+        if mask.numel() != self.weight.numel():
+            raise ValueError(f"a keep mask of {mask.numel()} entries for a ring of "
+                             f"{self.weight.numel()}")
+        keep = mask.to(device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            self.weight.mul_(keep)
+        self.register_buffer("prune_keep", keep, persistent=False)
 
     def draw_table(self, device="cpu") -> torch.Tensor:
         """The forward table, drawn afresh from the recipe."""
@@ -237,7 +264,7 @@ class Ring(nn.Module):
         index = self.layer_index()[position]
         needs_grad = torch.is_grad_enabled() and w.requires_grad
         blocks = self.inverse(position) if needs_grad and index.device.type != "cpu" else None
-        keep = getattr(self, "prune_keep", None)  # (absent from Rings pickled before it)
+        keep = self.keep_mask
         src = w if keep is None else w * keep
         theta0 = self.theta0
         base = (None if theta0 is None else
@@ -301,7 +328,7 @@ def cached_rings(rings):
                 ring._cache = {}
 
 
-_GENERATED_CLASSES: dict[type, type] = {}
+_GENERATED_CLASSES: dict[type[nn.Module], type[nn.Module]] = {}
 
 
 def _generated_weight(module):
@@ -309,7 +336,7 @@ def _generated_weight(module):
     return ring.generate(position)
 
 
-def generated_class(base: type) -> type:
+def generated_class(base: type[nn.Module]) -> type[nn.Module]:
     """The subclass of `base` whose `weight` is generated (one per base class)."""
     cls = _GENERATED_CLASSES.get(base)
     if cls is None:
@@ -321,7 +348,7 @@ def generated_class(base: type) -> type:
     return cls
 
 
-def _new_generated(base: type):
+def _new_generated(base: type[nn.Module]):
     cls = generated_class(base)
     return cls.__new__(cls)
 

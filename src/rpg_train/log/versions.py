@@ -10,7 +10,7 @@ import torch
 
 from .. import __version__
 
-# src/rpg_train/log/provenance.py -> the checkout holding src/
+# src/rpg_train/log/versions.py -> the checkout holding src/
 _CHECKOUT = Path(__file__).resolve().parents[3]
 
 

@@ -65,7 +65,7 @@ def parse_args(argv):
     data = [_config(getattr(args, k))["data"]["name"] for k in ("rpg", "dense")]
     if data[0] != data[1]:
         p.error(f"--rpg trained on {data[0]} and --dense on {data[1]}: give twins")
-    world = _trained(args.rpg).state.get("schedule", {}).get("world size", 1)
+    world = _trained(args.rpg).state["schedule"].get("world size", 1)  # older: one
     if world != 1:  # its fine-tuning resumes it here, in one process
         p.error(f"--rpg {args.rpg} was trained by {world} processes; this script fine-tunes "
                 "in one (train the RPG model in one process, or prune it with torchrun and "

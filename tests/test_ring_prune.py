@@ -113,7 +113,6 @@ def test_the_fine_tuning_lr_stays_under_its_own_base(quick_cfg, tmp_path):
     assert all(r["lr"] <= base + 1e-12 for r in rows[1:])
 
 
-@pytest.mark.xfail(strict=True, reason="build.py ignores the ring-prune masks (issue 19)")
 def test_evaluate_reports_the_pruned_runs_param_counts(quick_cfg, tmp_path, capsys):
     """`python -m rpg_train.evaluate` on a ring-pruned checkpoint rebuilds the model with its
     masks: the same parameter report as the run's results.json, and the same test top-1."""

@@ -16,7 +16,7 @@ BY_OPTIMIZER = {"sgd": ("optim.momentum", "optim.nesterov"), "adamw": ("optim.be
 def check_kept(ckpt: Checkpoint, cfg) -> None:
     """Refuse a resume whose optimizer settings or seed differ from the checkpoint's config
     (a key the checkpoint's config lacks, from an older version, is not checked)."""
-    theirs = ckpt.state.get("config") or {}
+    theirs = ckpt.state["config"]
     mine = OmegaConf.to_container(cfg, resolve=True)
     diff = []
     for key in KEPT + BY_OPTIMIZER.get(mine["optim"]["name"], ()):

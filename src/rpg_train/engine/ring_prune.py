@@ -50,7 +50,7 @@ def _finetune_optimizer(run, global_batch: int) -> None:
                                     max(cfg.rpg.prune.finetune_epochs, 1), steps)
 
 
-def _pruned_report(report: dict, pruned: int) -> dict:
+def pruned_report(report: dict, pruned: int) -> dict:
     """param_report's counts with the pruned ring entries gone from the trainable ones."""
     trainable = report["trainable"] - pruned
     return dict(report, trainable=trainable, ring_nonzero=report["ring"] - pruned,
@@ -64,17 +64,16 @@ def resume(run, ckpt, global_batch: int) -> None:
     now = {k: run.cfg.rpg.prune[k] for k in SETTINGS}
     now["lr"] = finetune_lr(run.cfg)
     diff = [f"rpg.prune.{k} {record[k]} (now {now[k]})" for k in SETTINGS if record[k] != now[k]]
-    trained = record.get("trained_epochs", run.cfg.trainer.epochs)  # pruned after these
+    trained = record["trained_epochs"]  # pruned after these
     if trained != run.cfg.trainer.epochs:
         diff.append(f"trainer.epochs {trained} (now {run.cfg.trainer.epochs})")
     if diff:
         raise ckpt.error("was pruned with " + ", ".join(diff) + "; resume with the same values "
                          "or prune the unpruned run's checkpoint")
-    set_ring_masks(run.plain_model, record["masks"])
+    # the model came with its masks and report (build.model_from_checkpoint); the EMA copy too
     if run.ema is not None:
         set_ring_masks(run.ema.module, record["masks"])
     run.ring_prune = record
-    run.report = _pruned_report(run.report, record["pruned"])
     _finetune_optimizer(run, global_batch)
 
 
@@ -99,7 +98,7 @@ def begin(run, row: dict | None, evaluate_all, save, global_batch: int) -> dict 
         trained_epochs=epochs,
         lr=finetune_lr(cfg), entries=entries, pruned=pruned, before_top1=before,
         pruned_top1=val["val_top1"], masks=ring_masks(run.plain_model))
-    run.report = _pruned_report(run.report, pruned)
+    run.report = pruned_report(run.report, pruned)
     _finetune_optimizer(run, global_batch)
     # best.pt and the held-out pick are of the pruned model from here on
     run.best = val["val_top1"]

@@ -189,20 +189,19 @@ class Run:
         self.scheduler.load_state_dict(s["scheduler"])
         self.scaler.load_state_dict(s["scaler"])
         if self.ema is not None:
-            if s.get("ema") is None:
+            if s["ema"] is None:
                 raise ckpt.error("holds no EMA of the weights; resume with the same "
                                  "trainer.ema_decay as the run had")
             self.ema.module.load_state_dict(s["ema"])
         self.start_epoch, self.start_batch, self.step = s["epoch"], s["batch"], s["step"]
-        self.best, self.elapsed0, sums = s["best_top1"], s["elapsed"], s["sums"]
-        # each rank's own sums (older checkpoints hold rank 0's only)
-        self.start_sums = sums[self.dist.rank] if sums and isinstance(sums[0], list) else sums
-        self.guard.skipped = s.get("skipped_steps", 0)
-        self.guard.load(s.get("loss_start"))
-        self.selected = s.get("selected")
-        rng = s["rng"]
-        checkpoint.set_rng_state(rng[self.dist.rank] if len(rng) == self.dist.world_size
-                                 else rng[0])
+        self.best, self.elapsed0 = s["best_top1"], s["elapsed"]
+        rank, world = self.dist.rank, self.dist.world_size
+        sums = s["sums"]  # None at an epoch's start
+        self.start_sums = None if sums is None else checkpoint.for_rank(sums, rank, world)
+        self.guard.skipped = s["skipped_steps"]
+        self.guard.load(s["loss_start"])
+        self.selected = s["selected"]
+        checkpoint.set_rng_state(checkpoint.for_rank(s["rng"], rank, world))
         log.info("resumed from %s at epoch %d batch %d", ckpt.path, self.start_epoch,
                  self.start_batch)
 
@@ -261,10 +260,8 @@ def check_schedule(ckpt: checkpoint.Checkpoint, cfg, dist: Dist) -> None:
     epochs: a step, exp or constant run may be resumed with more trainer.epochs (never fewer)
     to train on."""
     mine = schedule(cfg, dist)
-    theirs = ckpt.state.get("schedule") or {}
-    # the checkpoint's schedule (older ones record it in their config only)
-    name = theirs.get("sched.name", ckpt.state.get("config", {}).get("sched", {}).get("name"))
-    before = theirs.get("trainer.epochs")
+    theirs = ckpt.state["schedule"]  # a key added to it later is missing in older files
+    name, before = theirs.get("sched.name"), theirs.get("trainer.epochs")
     longer = before is not None and mine["trainer.epochs"] > before
     if name in ("step", "exp", "constant") and longer:
         mine["trainer.epochs"] = before  # longer is fine
@@ -329,7 +326,7 @@ def prepare(cfg, dist: Dist, out_dir: Path, t0: float) -> Run:
 
         run.ema = ModelEmaV3(built.model, decay=t.ema_decay)
     if ckpt is not None:
-        if ckpt.state.get("ring_prune"):  # pruned: the fine-tuning's masks and optimizer
+        if ckpt.state["ring_prune"] is not None:  # pruned: the fine-tuning's masks and optimizer
             ring_prune.resume(run, ckpt, global_batch(cfg, dist))
         run.resume_from(ckpt)
     return run

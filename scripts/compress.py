@@ -7,8 +7,8 @@ RUN_DIRs are finished training runs (their last.pt) of the same backbone and dat
 model, one rpg=none model. Rows, each measured on the test set:
 - RPG: the float32 ring; int8 and int4 rings (quantize_ring: one scale per ring, and per block
   of 64 entries); ring pruning by each amount (prune_ring), before and after fine-tuning
-  (the engine's rpg.prune: its own optimizer at optim.lr / 10, no warm-up), and the
-  fine-tuned pruned ring with its kept entries quantized to int8.
+  (the engine's rpg.prune: its own optimizer at optim.finetune_lr, a tenth of optim.lr, no
+  warm-up), and the fine-tuned pruned ring with its kept entries quantized to int8.
 - dense: float32; the weights of the layers RPG would generate quantized per output channel
   to int8 / int4 (the same affine rounding, one scale per output channel); the same layers
   magnitude-pruned (global L1) by each amount, before and after the same fine-tuning
@@ -34,10 +34,10 @@ from safetensors.torch import save_file
 
 from rpg_train.config import validate
 from rpg_train.data import build_data
-from rpg_train.engine import checkpoint, train
+from rpg_train.engine import checkpoint, optim, train
 from rpg_train.engine.amp import autocast_for
-from rpg_train.engine.loop import evaluate
-from rpg_train.engine.prune import prunable_layers, prune_to, pruned_layers
+from rpg_train.engine.loop import evaluate_loader
+from rpg_train.engine.dense_pruning import prunable_layers, prune_to, pruned_layers
 from rpg_train.evaluate import checkpoint_config
 from rpg_train.export import load_trained
 from rpg_train.rpg import prune_ring, quantize_ring, rings_of, save_compact
@@ -74,8 +74,9 @@ def parse_args(argv):
 
 
 def finetune_lr(run_dir: Path) -> float:
-    """A tenth of the run's own optim.lr: the recipe of rpg.prune and of the pruning baseline."""
-    return _config(run_dir)["optim"]["lr"] / 10
+    """The fine-tuning lr of the engine's one rule (optim.finetune_lr: a tenth of the run's
+    own optim.lr), for ring pruning and for the pruning baseline alike."""
+    return optim.finetune_lr(checkpoint_config(_trained(run_dir)))
 
 
 @lru_cache(maxsize=None)
@@ -98,7 +99,7 @@ class Scorer:
         self.autocast = partial(autocast_for, None, torch.device("cpu"))
 
     def __call__(self, model) -> float:
-        return evaluate(model, self.loader, self.autocast)["val_top1"]
+        return evaluate_loader(model, self.loader, self.autocast)["val_top1"]
 
 
 def finetune(run_dir: Path, work: Path, overrides: list[str], start: Path | None = None) -> Path:

@@ -126,3 +126,16 @@ def test_evaluate_reports_the_pruned_runs_param_counts(quick_cfg, tmp_path, caps
     assert ev["param_report"] == json.loads(json.dumps(res["param_report"]))
     assert ev["param_report"]["trainable"] == res["param_report"]["trainable"]
     assert ev["top1"] == res["final_top1"]
+
+
+def test_each_phase_is_entered_once_and_a_resume_enters_only_its_own(quick_cfg, monkeypatch):
+    from rpg_train.engine import phases
+
+    entered, real = [], phases.enter
+    monkeypatch.setattr(phases, "enter",
+                        lambda phase, run, row: (entered.append(phase.name),
+                                                 real(phase, run, row))[1])
+    train(quick_cfg(*PRUNE, "trainer.max_steps=6"))  # cut in the fine-tuning's first epoch
+    assert entered == ["train", "finetune"]
+    train(quick_cfg(*PRUNE, "trainer.resume=auto"))
+    assert entered == ["train", "finetune", "finetune"]

@@ -35,7 +35,7 @@ from torch.nn.utils import prune
 from .config import validate
 from .engine import checkpoint
 from .engine.build import model_from_checkpoint
-from .engine.prune import pruned_layers
+from .engine.dense_pruning import pruned_layers
 from .errors import UserError
 from .evaluate import checkpoint_config
 from .models import create_model

@@ -14,14 +14,22 @@ import logging
 import os
 import pickle
 import random
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..errors import UserError
+from ..log import provenance
+from .distributed import any_rank, barrier, gather_objects
+from .guard import Diverged
+
+if TYPE_CHECKING:
+    from .state import Run
 
 log = logging.getLogger("rpg_train")
 
@@ -45,6 +53,44 @@ class Checkpoint:
 
     def error(self, reason: str) -> UserError:
         return UserError(self.key, str(self.path), reason)
+
+
+def schedule(cfg, world_size: int) -> dict:
+    """What the data order and the learning-rate schedule depend on: a resumed run must match
+    (resume.check_schedule)."""
+    return {"world size": world_size, "data.batch_size": cfg.data.batch_size,
+            "trainer.accumulate": cfg.trainer.accumulate, "sched.name": cfg.sched.name,
+            "trainer.epochs": cfg.trainer.epochs}
+
+
+def save_run(run: Run, name: str) -> None:
+    """Write a checkpoint of the run at its current position into its directory (a
+    collective: every rank's RNG states and epoch sums). Weights that are not finite are
+    never saved: the run diverged."""
+    if any_rank(not _finite(run.plain_model), run.device):
+        raise Diverged(run.pos.step, float("nan"), f"the weights are not finite after step "
+                       f"{run.pos.step}")
+    epoch, batch, sums = run.resume_point()
+    rng = gather_objects(rng_state())  # every rank's, so each resumes its own
+    sums = gather_objects(sums) if sums is not None else None
+    if run.dist.is_main:
+        save(run.out_dir / name, dict(
+            model=run.plain_model.state_dict(), optimizer=run.optimizer.state_dict(),
+            scheduler=run.scheduler.state_dict(), scaler=run.scaler.state_dict(),
+            epoch=epoch, batch=batch, step=run.pos.step, best_top1=run.pos.best,
+            elapsed=run.elapsed(), sums=sums, rng=rng, identity=run.identity,
+            schedule=schedule(run.cfg, run.dist.world_size), skipped_steps=run.guard.skipped,
+            loss_start=run.guard.state(),
+            ema=None if run.ema is None else run.ema.module.state_dict(),
+            config=run.resolved, selected=run.pos.selected, ring_prune=run.ring_prune,
+            provenance=provenance()),
+            keep_previous=name == "last.pt", key="hydra.run.dir")
+    run.last_save = time.monotonic()
+    barrier()
+
+
+def _finite(model) -> bool:
+    return bool(torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all())
 
 
 def rng_state() -> dict:

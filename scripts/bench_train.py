@@ -26,8 +26,9 @@ from hydra import compose, initialize_config_dir
 
 from rpg_train.config import register
 from rpg_train.engine.distributed import setup
+from rpg_train.engine import phases
 from rpg_train.engine.loop import train_one_epoch
-from rpg_train.engine.train import prepare
+from rpg_train.engine.trainer import prepare
 from rpg_train.paths import CONF
 
 
@@ -85,6 +86,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg.out_dir = tmp
         run = prepare(cfg, setup(cfg.trainer.device), Path(tmp), time.perf_counter())
+        phases.enter(phases.of(cfg)[0], run, None)  # training's optimizer and schedule
         steps = min(a.steps, run.batches_per_epoch)
         for fn in (bare_epoch, engine_epoch):  # warm-up: allocator, kernels, caches
             fn(run, steps)

@@ -7,8 +7,8 @@ RUN_DIRs are finished training runs (their last.pt) of the same backbone and dat
 model, one rpg=none model. Rows, each measured on the test set:
 - RPG: the float32 ring; int8 and int4 rings (quantize_ring: one scale per ring, and per block
   of 64 entries); ring pruning by each amount (prune_ring), before and after fine-tuning
-  (the engine's rpg.prune: its own optimizer at optim.lr / 10, no warm-up), and the
-  fine-tuned pruned ring with its kept entries quantized to int8.
+  (the engine's rpg.prune: its own optimizer at optim.finetune_lr, a tenth of optim.lr, no
+  warm-up), and the fine-tuned pruned ring with its kept entries quantized to int8.
 - dense: float32; the weights of the layers RPG would generate quantized per output channel
   to int8 / int4 (the same affine rounding, one scale per output channel); the same layers
   magnitude-pruned (global L1) by each amount, before and after the same fine-tuning
@@ -33,10 +33,10 @@ import torch
 from safetensors.torch import save_file
 
 from rpg_train.data import build_data
-from rpg_train.engine import checkpoint, train
+from rpg_train.engine import checkpoint, optim, train
 from rpg_train.engine.amp import autocast_for
-from rpg_train.engine.loop import evaluate
-from rpg_train.engine.prune import prunable_layers, prune_to, pruned_layers
+from rpg_train.engine.loop import evaluate_loader
+from rpg_train.engine.dense_pruning import prunable_layers, prune_to, pruned_layers
 from rpg_train.evaluate import checkpoint_config
 from rpg_train.export import load_trained
 from rpg_train.rpg import prune_ring, quantize_ring, rings_of, save_compact
@@ -66,7 +66,7 @@ def parse_args(argv):
     data = [_config(getattr(args, k))["data"]["name"] for k in ("rpg", "dense")]
     if data[0] != data[1]:
         p.error(f"--rpg trained on {data[0]} and --dense on {data[1]}: give twins")
-    world = _trained(args.rpg).state.get("schedule", {}).get("world size", 1)
+    world = _trained(args.rpg).state["schedule"].get("world size", 1)  # older: one
     if world != 1:  # its fine-tuning resumes it here, in one process
         p.error(f"--rpg {args.rpg} was trained by {world} processes; this script fine-tunes "
                 "in one (train the RPG model in one process, or prune it with torchrun and "
@@ -75,8 +75,9 @@ def parse_args(argv):
 
 
 def finetune_lr(run_dir: Path) -> float:
-    """A tenth of the run's own optim.lr: the recipe of rpg.prune and of the pruning baseline."""
-    return _config(run_dir)["optim"]["lr"] / 10
+    """The fine-tuning lr of the engine's one rule (optim.finetune_lr: a tenth of the run's
+    own optim.lr), for ring pruning and for the pruning baseline alike."""
+    return optim.finetune_lr(checkpoint_config(_trained(run_dir)))
 
 
 @lru_cache(maxsize=None)
@@ -99,7 +100,7 @@ class Scorer:
         self.autocast = partial(autocast_for, None, torch.device("cpu"))
 
     def __call__(self, model) -> float:
-        return evaluate(model, self.loader, self.autocast)["val_top1"]
+        return evaluate_loader(model, self.loader, self.autocast)["val_top1"]
 
 
 def finetune(run_dir: Path, work: Path, overrides: list[str], start: Path | None = None) -> Path:

@@ -8,7 +8,7 @@ import torchvision
 from rpg_train.data import build_data
 from rpg_train.engine import train
 from rpg_train.engine.budget import width_target
-from rpg_train.engine.prune import nonzero_count, prune_to, pruned_layers
+from rpg_train.engine.dense_pruning import nonzero_count, prune_to, pruned_layers
 from rpg_train.errors import UserError
 from rpg_train.models import create_model
 from rpg_train.models.tv_resnet import ARCHS, ScaledResNet

@@ -108,3 +108,39 @@ def test_a_full_disk_during_training_stops_the_run_in_one_line(quick_cfg, tmp_pa
     with pytest.raises(UserError, match=r"^hydra.run.dir='.*run' is full: saving last.pt failed"):
         train(quick_cfg("trainer.max_steps=1"))
     assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def test_every_checkpoint_carries_the_format_version(run_dir):
+    raw = torch.load(run_dir / "last.pt", weights_only=True)
+    assert raw["format"] == checkpoint.FORMAT == 2
+
+
+def test_a_checkpoint_of_a_newer_format_is_refused_in_one_line(tmp_path):
+    torch.save({**_state(1), "format": checkpoint.FORMAT + 1}, tmp_path / "new.pt")
+    with pytest.raises(UserError) as err:
+        checkpoint.load(tmp_path / "new.pt", key="ckpt")
+    assert str(err.value) == (f"ckpt='{tmp_path / 'new.pt'}' was written by a newer rpg_train "
+                              f"(checkpoint format {checkpoint.FORMAT + 1}; this version reads "
+                              f"up to {checkpoint.FORMAT})")
+
+
+def test_an_unversioned_checkpoint_of_the_oldest_shape_resumes_exactly(quick_cfg, tmp_path):
+    """Format 1 (no version): no ema, schedule, skipped_steps, loss_start, selected,
+    ring_prune or provenance, rank 0's sums only, an identity without its later fields."""
+    from rpg_train.engine import train
+
+    full = train(quick_cfg("trainer.epochs=2", out="full"))
+    train(quick_cfg("trainer.epochs=2", "trainer.max_steps=6", out="cut"))  # mid epoch 2
+    last = tmp_path / "cut" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    for key in ("format", "ema", "schedule", "skipped_steps", "loss_start", "selected",
+                "ring_prune", "provenance"):
+        del state[key]
+    state["sums"] = state["sums"][0]
+    del state["identity"]["holdout"]
+    torch.save(state, last)
+    old = checkpoint.load(last)
+    assert old.state["format"] == checkpoint.FORMAT and old.state["schedule"] == {}
+    assert old.state["sums"] == [state["sums"]] and old.state["identity"]["holdout"] is None
+    resumed = train(quick_cfg("trainer.epochs=2", "trainer.resume=auto", out="cut"))
+    assert resumed["final_top1"] == full["final_top1"] and resumed["steps"] == full["steps"]

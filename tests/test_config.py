@@ -352,7 +352,7 @@ def test_smallest_input_searches_only_when_the_size_fails():
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_the_keys_checked_where_they_are_used_refuse_nan_and_inf(compose_cfg, value):
     """rpg.params and prune.params are left to ring_size (numeric_keys' checked_by)."""
-    from rpg_train.engine.prune import prune_to
+    from rpg_train.engine.dense_pruning import prune_to
 
     cfg = compose_cfg([f"rpg.params={value}"])
     validate(cfg)

@@ -1,6 +1,5 @@
 """train(cfg): every model family and scope, outputs, resume, evaluate, bad input."""
 import contextlib
-import importlib
 import json
 import os
 import pickle
@@ -12,14 +11,14 @@ import pytest
 import torch
 
 from rpg_train.engine import Interrupted, checkpoint, train
+from rpg_train.engine import optim
 from rpg_train.engine.optim import lr_schedule, param_groups
+from rpg_train.engine.state import Act, Action, check
 from rpg_train.engine.signals import StopSignals
 from rpg_train.errors import UserError
 from rpg_train.evaluate import evaluate_checkpoint, main as evaluate_main
 from rpg_train.models import create_model
 from rpg_train.rpg import apply_rpg
-
-engine_train = importlib.import_module("rpg_train.engine.train")  # the module, not train()
 
 
 @pytest.mark.parametrize("model", ["resnet18", "resnet20", "timm:resnet18"])
@@ -255,7 +254,7 @@ def test_a_bug_inside_training_is_not_a_user_error(quick_cfg, monkeypatch, error
     def broken(*args, **kw):
         raise error
 
-    monkeypatch.setattr(engine_train, "build_optimizer", broken)
+    monkeypatch.setattr(optim, "build_optimizer", broken)
     with pytest.raises(type(error)) as info:
         train(quick_cfg())
     assert info.value is error and not isinstance(info.value, UserError)
@@ -263,32 +262,39 @@ def test_a_bug_inside_training_is_not_a_user_error(quick_cfg, monkeypatch, error
 
 # ---------------------------------------------------------------- stopping at the epoch's edge
 @pytest.mark.parametrize("when", ["last step", "after evaluation"])
-def test_a_stop_at_the_end_of_an_epoch_resumes_exactly(quick_cfg, tmp_path, monkeypatch, when):
+def test_a_stop_at_the_end_of_an_epoch_resumes_exactly(quick_cfg, tmp_path, when):
     full = train(quick_cfg("trainer.epochs=2", out="full"))
     fired = []
 
-    def arm(run):  # the signal arrives at the edge: after the last step, or after evaluation
-        at_edge = run.epoch == 0 and run.batch == run.batches_per_epoch
-        if at_edge and run.evaluated == (when == "after evaluation") and not fired:
-            fired.append(run.step)
+    def arm(run, at):  # the signal arrives at the edge: after the last step, or evaluation
+        pos = run.pos
+        at_edge = pos.epoch == 0 and pos.batch == run.batches_per_epoch
+        if at_edge and pos.evaluated == (when == "after evaluation") and not fired:
+            fired.append(pos.step)
             run.stop.signum = signal.SIGTERM
+        return check(run, at)
 
-    for name in ("check", "stop_signal"):  # between steps, and after the epoch's save
-        real = getattr(engine_train.Run, name)
-        monkeypatch.setattr(engine_train.Run, name,
-                            lambda run, *a, real=real, **k: (arm(run), real(run, *a, **k))[1])
     with pytest.raises(Interrupted, match="SIGTERM"):
-        train(quick_cfg("trainer.epochs=2", out="cut"))
+        train(quick_cfg("trainer.epochs=2", out="cut"), checker=arm)
     cut = _state(tmp_path / "cut" / "last.pt")
     assert fired and (cut["epoch"], cut["batch"]) == ((1, 0) if when == "after evaluation"
                                                       else (0, full["steps"] // 2))
-    monkeypatch.undo()
     resumed = train(quick_cfg("trainer.epochs=2", "trainer.resume=auto", out="cut"))
     assert resumed["final_top1"] == full["final_top1"] and resumed["steps"] == full["steps"]
     rows = [(tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("full", "cut")]
     assert _strip(map(json.loads, rows[0])) == _strip(map(json.loads, rows[1]))
     a, b = _state(tmp_path / "full" / "last.pt"), _state(tmp_path / "cut" / "last.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_the_trainer_performs_the_action_the_check_returns(quick_cfg, tmp_path):
+    def stop_after_step_1(run, at):
+        return Action(Act.STOP, signal.SIGUSR1) if run.pos.step == 1 else check(run, at)
+
+    with pytest.raises(Interrupted, match="SIGUSR1"):
+        train(quick_cfg(), checker=stop_after_step_1)
+    saved = _state(tmp_path / "run" / "last.pt")
+    assert (saved["step"], saved["batch"]) == (1, 1)
 
 
 def test_stop_signals_set_a_flag_and_restore_the_handlers():
@@ -304,7 +310,7 @@ def _evaluate_uneven(rank, world, port, out):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from rpg_train.engine.loop import evaluate
+    from rpg_train.engine.loop import evaluate_loader
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
@@ -320,7 +326,7 @@ def _evaluate_uneven(rank, world, port, out):
         def set_epoch(self, epoch):
             pass
 
-    got = evaluate(model, Shard([(x, y)] if rank == 0 else []), contextlib.nullcontext)
+    got = evaluate_loader(model, Shard([(x, y)] if rank == 0 else []), contextlib.nullcontext)
     torch.save(dict(got, state=model.module.state_dict()), f"{out}.{rank}")
     dist.destroy_process_group()
 

@@ -220,7 +220,7 @@ def test_bits_on_a_checkpoint_without_rings_is_refused(pruned, tmp_path):
 
 
 def test_the_pruning_baseline_exports_as_compact_and_dense(pruned, tmp_path):
-    from rpg_train.engine.prune import pruned_layers
+    from rpg_train.engine.dense_pruning import pruned_layers
 
     ckpt = pruned[1]
     model, spec = load_trained(ckpt)

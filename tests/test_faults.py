@@ -1,6 +1,5 @@
 """What clusters do to runs, in one process: damaged checkpoints, resumes that cannot continue
 exactly, divergence, recovery checkpoints, SIGUSR1."""
-import importlib
 import json
 import logging
 import os
@@ -14,10 +13,11 @@ import torch
 
 from rpg_train.engine import Diverged, checkpoint, train
 from rpg_train.engine.build import build
+from rpg_train.engine.state import check as cross_rank_check
+from rpg_train.engine.trainer import seed_everything
 from rpg_train.engine.signals import Interrupted, StopSignals, pass_on
 from rpg_train.errors import UserError
 
-engine_train = importlib.import_module("rpg_train.engine.train")  # the module, not train()
 PER_EPOCH = 64 // 16  # QUICK: 64 training samples, batch 16
 
 
@@ -86,21 +86,16 @@ def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(qui
     assert results["diverged_loss"] > 1e-3
 
 
-def test_a_stop_signal_never_saves_a_diverged_state(quick_cfg, tmp_path, monkeypatch):
+def test_a_stop_signal_never_saves_a_diverged_state(quick_cfg, tmp_path):
     """The guard reads the device only every nan_check_every steps, but always before the
     stop's save: a bad loss since the last read stops the run as diverged, saving nothing."""
-    engine_train = importlib.import_module("rpg_train.engine.train")
-
-    real = engine_train.Run.check
-
-    def check(run, *a, **k):
-        if run.step == 2:
+    def check(run, at):  # a stop signal arrives after step 2
+        if run.pos.step == 2:
             run.stop.signum = signal.SIGTERM
-        return real(run, *a, **k)
+        return cross_rank_check(run, at)
 
-    monkeypatch.setattr(engine_train.Run, "check", check)
     with pytest.raises(Diverged, match="at step 1$"):
-        train(quick_cfg("trainer.max_loss=1e-3", "trainer.nan_check_every=1000"))
+        train(quick_cfg("trainer.max_loss=1e-3", "trainer.nan_check_every=1000"), checker=check)
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
@@ -119,7 +114,7 @@ def test_nan_policy_skip_skips_and_counts_bad_steps(quick_cfg, tmp_path, recwarn
     # the schedule steps past skipped steps on purpose: torch's warning about it is not shown
     assert not [w for w in recwarn if "lr_scheduler.step" in str(w.message)]
     assert results["skipped_steps"] == results["steps"] == PER_EPOCH
-    engine_train.seed_everything(cfg.trainer.seed)  # the initial model, as prepare builds it
+    seed_everything(cfg.trainer.seed)  # the initial model, as prepare builds it
     init = build(cfg, torch.device("cpu")).model.state_dict()
     trained = _state(tmp_path / "run" / "last.pt")["model"]
     params = [k for k in init if "running" not in k and "num_batches" not in k]
@@ -128,9 +123,9 @@ def test_nan_policy_skip_skips_and_counts_bad_steps(quick_cfg, tmp_path, recwarn
 
 def test_recovery_checkpoints_are_written_mid_epoch_and_change_nothing(quick_cfg, monkeypatch):
     plain = train(quick_cfg("trainer.checkpoint_every_min=0", out="plain"))
-    saved, real = [], engine_train.save
-    monkeypatch.setattr(engine_train, "save",
-                        lambda run, name: (saved.append((name, run.batch)), real(run, name)))
+    saved, real = [], checkpoint.save_run
+    monkeypatch.setattr(checkpoint, "save_run",
+                        lambda run, name: (saved.append((name, run.pos.batch)), real(run, name)))
     often = train(quick_cfg("trainer.checkpoint_every_min=1e-9", out="often"))
     assert [b for n, b in saved if n == "last.pt"] == [1, 2, 3, PER_EPOCH]
     assert often["final_top1"] == plain["final_top1"]
@@ -174,7 +169,7 @@ def _resume_choice(rank, world, port, run_dir, out):
     import torch.distributed as dist
 
     from rpg_train.engine import checkpoint as ck
-    from rpg_train.engine.train import load_resume
+    from rpg_train.engine.resume import load_resume
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
@@ -230,15 +225,15 @@ def test_the_loss_bound_is_relative_to_the_start_and_at_least_chance():
 def test_weights_that_are_not_finite_are_never_saved(quick_cfg, tmp_path, monkeypatch):
     """A recovery checkpoint after an update that left a weight NaN: the run stops as
     diverged and last.pt keeps the step before."""
-    real = engine_train.save
+    real = checkpoint.save_run
 
     def save(run, name):
-        if run.step == 2:
+        if run.pos.step == 2:
             with torch.no_grad():
                 next(run.plain_model.parameters()).view(-1)[0] = float("nan")
         real(run, name)
 
-    monkeypatch.setattr(engine_train, "save", save)
+    monkeypatch.setattr(checkpoint, "save_run", save)
     with pytest.raises(Diverged, match=r"^the weights are not finite after step 2$"):
         train(quick_cfg("trainer.checkpoint_every_min=1e-9"))
     assert _state(tmp_path / "run" / "last.pt")["step"] == 1

@@ -48,7 +48,7 @@ print(json.dumps(loaded))
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # the imports made inside functions that reach up, each for a reason
-LATE = {("rpg_train.engine.train", "rpg_train.validation"),  # train(cfg) validates first
+LATE = {("rpg_train.engine.trainer", "rpg_train.validation"),  # train(cfg) validates first
         ("rpg_train.rpg.compact", "rpg_train.models")}  # load_compact's default builder
 
 
@@ -63,7 +63,7 @@ def loaded_by_each_layer() -> dict:
 
 def test_each_layer_loads_nothing_above_it():
     loaded = loaded_by_each_layer()
-    assert "rpg_train.engine.train" in loaded["rpg_train.evaluate"]  # the probe sees imports
+    assert "rpg_train.engine.trainer" in loaded["rpg_train.evaluate"]  # the probe sees imports
     for layer, above in LAYERS.items():
         assert loaded[layer] and layer in loaded[layer], f"{layer} does not import alone"
         wrong = [m for m in loaded[layer] for a in above if m == a or m.startswith(a + ".")]

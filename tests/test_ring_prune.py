@@ -111,3 +111,31 @@ def test_the_fine_tuning_lr_stays_under_its_own_base(quick_cfg, tmp_path):
     base = 0.02 * 16 / 256  # rpg.prune.lr default optim.lr / 10, per 256 images, batch 16
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert all(r["lr"] <= base + 1e-12 for r in rows[1:])
+
+
+def test_evaluate_reports_the_pruned_runs_param_counts(quick_cfg, tmp_path, capsys):
+    """`python -m rpg_train.evaluate` on a ring-pruned checkpoint rebuilds the model with its
+    masks: the same parameter report as the run's results.json, and the same test top-1."""
+    import json
+
+    from rpg_train.evaluate import main as evaluate_main
+
+    res = train(quick_cfg("rpg.prune.amount=0.5", "rpg.prune.finetune_epochs=1"))
+    assert evaluate_main([f"ckpt={tmp_path / 'run' / 'last.pt'}"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["param_report"] == json.loads(json.dumps(res["param_report"]))
+    assert ev["param_report"]["trainable"] == res["param_report"]["trainable"]
+    assert ev["top1"] == res["final_top1"]
+
+
+def test_each_phase_is_entered_once_and_a_resume_enters_only_its_own(quick_cfg, monkeypatch):
+    from rpg_train.engine import phases
+
+    entered, real = [], phases.enter
+    monkeypatch.setattr(phases, "enter",
+                        lambda phase, run, row: (entered.append(phase.name),
+                                                 real(phase, run, row))[1])
+    train(quick_cfg(*PRUNE, "trainer.max_steps=6"))  # cut in the fine-tuning's first epoch
+    assert entered == ["train", "finetune"]
+    train(quick_cfg(*PRUNE, "trainer.resume=auto"))
+    assert entered == ["train", "finetune", "finetune"]

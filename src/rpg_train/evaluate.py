@@ -18,7 +18,7 @@ from .engine import checkpoint
 from .engine.amp import amp_dtype, autocast_for
 from .engine.build import build
 from .engine.distributed import resolve_device
-from .engine.loop import evaluate as evaluate_loader
+from .engine.loop import evaluate_loader
 from .errors import UserError
 from .log import strict_json
 from .validation import validate

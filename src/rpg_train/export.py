@@ -33,13 +33,12 @@ import torch.nn as nn
 from torch.nn.utils import prune
 
 from .engine import checkpoint
-from .engine.build import build_model, identity
-from .engine.prune import pruned_layers
+from .engine.build import model_from_checkpoint
+from .engine.dense_pruning import pruned_layers
 from .errors import UserError, check_choice
 from .evaluate import checkpoint_config
 from .models import create_model
-from .rpg import (load_compact, materialize, quantize_ring, rings_of, save_compact,
-                  set_ring_masks)
+from .rpg import load_compact, materialize, quantize_ring, rings_of, save_compact
 from .rpg.quant import BITS
 from .validation import validate
 
@@ -52,19 +51,14 @@ def load_trained(path) -> tuple[nn.Module, dict]:
     ckpt = checkpoint.load(path, key="ckpt")
     cfg = checkpoint_config(ckpt)
     validate(cfg)
-    spec = ckpt.state["identity"]["model"]
-    info = {k: spec[k] for k in ("num_classes", "in_chans", "small_input")}
-    model, spec, prune_info = build_model(cfg, info, ckpt)
-    checkpoint.check_identity(ckpt, identity(model, spec, prune_info, cfg.data.val_split))
-    model.load_state_dict(ckpt.state["model"])
+    rebuilt = model_from_checkpoint(ckpt, cfg)  # a ring pruned in training keeps its masks
+    model = rebuilt.model
     bad = [k for k, v in model.state_dict().items() if v.is_floating_point()
            and not torch.isfinite(v).all()]
     if bad:
         raise ckpt.error(f"holds non-finite weights ({bad[0]}{' and others' if bad[1:] else ''}"
                          "): the run diverged; export an earlier checkpoint")
-    if ckpt.state.get("ring_prune"):  # rpg.prune: the compact file stores the kept entries
-        set_ring_masks(model, ckpt.state["ring_prune"]["masks"])
-    return model.eval(), spec
+    return model.eval(), rebuilt.spec
 
 
 def example_batch(spec: dict) -> torch.Tensor:

@@ -2,6 +2,6 @@
 from .distributed import RankLost
 from .guard import Diverged
 from .signals import Interrupted
-from .train import train
+from .trainer import train
 
 __all__ = ["train", "Interrupted", "Diverged", "RankLost"]

@@ -1,5 +1,7 @@
 """Building a run from the config: model (with RPG), checkpoint weights and data, one path for
-train and evaluate."""
+train and evaluate. `model_from_checkpoint` is the one way to rebuild the model a checkpoint
+holds (training's resume, evaluate, export): weights, both pruning features' masks, and the
+parameter report the run wrote."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,10 +14,11 @@ from omegaconf import OmegaConf
 from ..data import build_data, dataset_info
 from ..errors import UserError
 from ..models import create_model
-from ..rpg import apply_rpg, param_report
+from ..rpg import apply_rpg, param_report, set_ring_masks
 from ..rpg.compact import tables_fingerprint
 from . import budget, checkpoint
-from .prune import load_init, pruned_report, prune_to
+from .dense_pruning import load_init, pruned_report, prune_to
+from .ring_pruning import pruned_report as ring_pruned_report
 
 
 @dataclass
@@ -58,7 +61,7 @@ def build_model(cfg, info: dict, ckpt: checkpoint.Checkpoint | None = None):
     r, p = cfg.rpg, cfg.prune
     size = budget.solve(cfg, spec, model) if cfg.match.width is not None else None
     if p.init is not None:
-        saved = ckpt.state["identity"].get("prune") if ckpt is not None else None
+        saved = ckpt.state["identity"]["prune"] if ckpt is not None else None
         if isinstance(saved, dict):  # the masks' layout only: load_state_dict fills them
             prune_to(model, saved["nonzero"], r.share_stem, r.share_head)
             return model, spec, dict(saved, init=p.init)
@@ -83,17 +86,49 @@ def identity(model, spec: dict, prune_info: dict | None = None, holdout: int = 0
                 fingerprint=tables_fingerprint(model), prune=prune, holdout=holdout or None)
 
 
+@dataclass
+class Rebuilt:
+    """A model as `model_from_checkpoint` (or, without a checkpoint, `build`) makes it."""
+
+    model: nn.Module  # on the CPU
+    spec: dict
+    identity: dict
+    report: dict  # param_report as the run's results.json has it
+    prune: dict | None  # the pruning baseline's record
+
+
+def model_from_checkpoint(ckpt: checkpoint.Checkpoint | None, cfg,
+                          info: dict | None = None) -> Rebuilt:
+    """The model of `cfg` with the checkpoint's weights and masks (the pruning baseline's
+    through its state dict, ring pruning's from its record), refused if the checkpoint is of
+    another model. `info`: the dataset's class count, channels and input size (default: the
+    checkpoint's own, so no dataset is read). Without a checkpoint: the model as initialised."""
+    if info is None:
+        spec = ckpt.state["identity"]["model"]
+        info = {k: spec[k] for k in ("num_classes", "in_chans", "small_input")}
+    model, spec, prune_info = build_model(cfg, info, ckpt)
+    ident = identity(model, spec, prune_info, cfg.data.val_split)
+    record = None
+    if ckpt is not None:
+        checkpoint.check_identity(ckpt, ident)
+        model.load_state_dict(ckpt.state["model"])
+        record = ckpt.state["ring_prune"]
+        if record is not None:  # rpg.prune: pruned entries stay 0 and are not trainable
+            set_ring_masks(model, record["masks"])
+    report = param_report(model) if prune_info is None else pruned_report(model)
+    if record is not None:
+        report = ring_pruned_report(report, record["pruned"])
+    return Rebuilt(model, spec, ident, report, prune_info)
+
+
 def build(cfg, device: torch.device, *, ckpt: checkpoint.Checkpoint | None = None,
           rank: int = 0, world_size: int = 1, with_train: bool = True) -> Built:
     """Model and loaders as the config says. A checkpoint is checked against the model before
     the data is touched, then its weights are loaded."""
     info = dataset_info(cfg.data.name, cfg.data)
-    model, spec, prune_info = build_model(cfg, info, ckpt)
-    ident = identity(model, spec, prune_info, cfg.data.val_split)
-    if ckpt is not None:
-        checkpoint.check_identity(ckpt, ident)
-        model.load_state_dict(ckpt.state["model"])
-    report = param_report(model) if prune_info is None else pruned_report(model)
+    rebuilt = model_from_checkpoint(ckpt, cfg, info)
+    model, spec, ident, report = rebuilt.model, rebuilt.spec, rebuilt.identity, rebuilt.report
+    prune_info = rebuilt.prune
     model.to(device)
     if cfg.trainer.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -3,6 +3,9 @@
 A checkpoint holds only tensors, numbers, strings and plain containers, and is read with
 `torch.load(weights_only=True)`: loading a file is never running code, so a checkpoint from
 elsewhere cannot do anything but fail to load.
+
+This module owns the format: every file written carries `format` (FORMAT), and `load` turns
+the older shapes into the current one (`migrate`), so readers take fields without defaults.
 """
 from __future__ import annotations
 
@@ -11,18 +14,33 @@ import logging
 import os
 import pickle
 import random
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..errors import UserError
+from ..log import provenance
+from .distributed import any_rank, barrier, gather_objects
+from .guard import Diverged
+
+if TYPE_CHECKING:
+    from .state import Run
 
 log = logging.getLogger("rpg_train")
 
 REQUIRED = ("model", "optimizer", "scheduler", "epoch", "batch", "step", "identity", "config")
+# 1: no version written (every file before it, in several shapes); 2: the version is written
+# and every field below is present
+FORMAT = 2
+IDENTITY = ("model", "rpg", "fingerprint", "prune", "holdout")  # what a resume must match
+# fields added after the first checkpoints, as a file without them means them
+ADDED = dict(ema=None, schedule={}, skipped_steps=0, loss_start=None, selected=None,
+             ring_prune=None, provenance=None)
 
 
 @dataclass
@@ -35,6 +53,44 @@ class Checkpoint:
 
     def error(self, reason: str) -> UserError:
         return UserError(self.key, str(self.path), reason)
+
+
+def schedule(cfg, world_size: int) -> dict:
+    """What the data order and the learning-rate schedule depend on: a resumed run must match
+    (resume.check_schedule)."""
+    return {"world size": world_size, "data.batch_size": cfg.data.batch_size,
+            "trainer.accumulate": cfg.trainer.accumulate, "sched.name": cfg.sched.name,
+            "trainer.epochs": cfg.trainer.epochs}
+
+
+def save_run(run: Run, name: str) -> None:
+    """Write a checkpoint of the run at its current position into its directory (a
+    collective: every rank's RNG states and epoch sums). Weights that are not finite are
+    never saved: the run diverged."""
+    if any_rank(not _finite(run.plain_model), run.device):
+        raise Diverged(run.pos.step, float("nan"), f"the weights are not finite after step "
+                       f"{run.pos.step}")
+    epoch, batch, sums = run.resume_point()
+    rng = gather_objects(rng_state())  # every rank's, so each resumes its own
+    sums = gather_objects(sums) if sums is not None else None
+    if run.dist.is_main:
+        save(run.out_dir / name, dict(
+            model=run.plain_model.state_dict(), optimizer=run.optimizer.state_dict(),
+            scheduler=run.scheduler.state_dict(), scaler=run.scaler.state_dict(),
+            epoch=epoch, batch=batch, step=run.pos.step, best_top1=run.pos.best,
+            elapsed=run.elapsed(), sums=sums, rng=rng, identity=run.identity,
+            schedule=schedule(run.cfg, run.dist.world_size), skipped_steps=run.guard.skipped,
+            loss_start=run.guard.state(),
+            ema=None if run.ema is None else run.ema.module.state_dict(),
+            config=run.resolved, selected=run.pos.selected, ring_prune=run.ring_prune,
+            provenance=provenance()),
+            keep_previous=name == "last.pt", key="hydra.run.dir")
+    run.last_save = time.monotonic()
+    barrier()
+
+
+def _finite(model) -> bool:
+    return bool(torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all())
 
 
 def rng_state() -> dict:
@@ -76,7 +132,7 @@ def save(path: Path, state: dict, keep_previous: bool = False, key: str = "out_d
         with open(tmp, "wb") as f:
             sink = _Sink(f)
             try:
-                torch.save(state, sink)
+                torch.save({**state, "format": FORMAT}, sink)
             except RuntimeError as err:  # torch reports the file's OSError as its own error
                 raise sink.error or err
             f.flush()
@@ -154,7 +210,38 @@ def load(path, key: str = "trainer.resume") -> Checkpoint:
         raise UserError(key, str(path), f"is not a checkpoint ({_why(err)})") from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
         raise UserError(key, str(path), "is not an rpg_train checkpoint (missing keys)")
-    return Checkpoint(path, key, state)
+    if state.get("format", 1) > FORMAT:
+        raise UserError(key, str(path), f"was written by a newer rpg_train (checkpoint format "
+                        f"{state['format']}; this version reads up to {FORMAT})")
+    return Checkpoint(path, key, migrate(state))
+
+
+def migrate(state: dict) -> dict:
+    """An older checkpoint in the current shape (the file is not changed): the fields added
+    since then as their absence meant, the schedule's name (once in the config only), each
+    rank's sums as a list (format 1 could hold rank 0's only), a ring-pruning record's
+    training epochs (those of its config)."""
+    if state.get("format", 1) == FORMAT:
+        return state
+    state = {**ADDED, **state, "format": FORMAT}
+    state["identity"] = {**dict.fromkeys(IDENTITY), **state["identity"]}
+    schedule, sched = state["schedule"], state["config"].get("sched", {})
+    if schedule and "sched.name" not in schedule and "name" in sched:  # recorded later
+        state["schedule"] = {**schedule, "sched.name": sched["name"]}
+    sums = state.get("sums")
+    if sums and not isinstance(sums[0], list):  # rank 0's only: every rank continues from it
+        state["sums"] = [sums]
+    record = state["ring_prune"]
+    if record is not None and "trained_epochs" not in record:
+        trained = state["config"].get("trainer", {}).get("epochs")
+        state["ring_prune"] = {**record, "trained_epochs": trained}
+    return state
+
+
+def for_rank(per_rank: list, rank: int, world_size: int):
+    """This rank's entry of a per-rank list (RNG states, epoch sums): its own when the file
+    is of as many processes, else rank 0's."""
+    return per_rank[rank] if len(per_rank) == world_size else per_rank[0]
 
 
 def _verify(path: Path, key: str) -> None:
@@ -192,9 +279,7 @@ def check_schedule(ckpt: Checkpoint, schedule: dict) -> None:
     """Refuse to continue a run with another world size, batch size or epoch count: the data
     order and the learning-rate schedule depend on them (checkpoints without the record, from
     before it existed, are not checked)."""
-    theirs = ckpt.state.get("schedule")
-    if theirs is None:
-        return
+    theirs = ckpt.state["schedule"]
     diff = [f"{k} {theirs[k]} (now {v})" for k, v in schedule.items()
             if k in theirs and theirs[k] != v]  # a key added later is not checked
     if diff:
@@ -206,7 +291,7 @@ def check_schedule(ckpt: Checkpoint, schedule: dict) -> None:
 def check_identity(ckpt: Checkpoint, identity: dict) -> None:
     """Refuse a checkpoint of another backbone, ring or table draw."""
     theirs = ckpt.state["identity"]
-    for field in ("model", "rpg", "fingerprint", "prune", "holdout"):
-        if theirs.get(field) != identity.get(field):
-            raise ckpt.error(f"is a checkpoint of a different {field} ({theirs.get(field)} "
-                             f"!= this run's {identity.get(field)})")
+    for field in IDENTITY:
+        if theirs[field] != identity[field]:
+            raise ckpt.error(f"is a checkpoint of a different {field} ({theirs[field]} "
+                             f"!= this run's {identity[field]})")

@@ -1,8 +1,11 @@
-"""One training epoch and one evaluation pass: short and linear (after DeiT's engine.py)."""
+"""One training epoch and the evaluations: short and linear (after DeiT's engine.py).
+`evaluate_loader` is one pass over one loader; `evaluate_run` is a run's evaluation after an
+epoch (the test set, the EMA weights, the held-out part)."""
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 import warnings
 
@@ -11,70 +14,41 @@ import torch.nn.functional as F
 
 from ..log import Heartbeat, progress, status
 from ..rpg import cached
+from . import checkpoint
 from .distributed import all_reduce_sum, broadcast_buffers
-from .ring_prune import total_epochs
+from .guard import Diverged
+from .signals import Interrupted
+from .state import Act, Action, At, Run
 
 log = logging.getLogger("rpg_train")
 
 
-class EpochSums:
-    """Running sums of an epoch, on the device (no sync per step); part of a checkpoint."""
-
-    def __init__(self, device, state=None):
-        self.t = torch.zeros(2, dtype=torch.float64, device=device)  # loss*n, correct
-        self.n, self.seconds = 0, 0.0  # samples: known on the host, no device copy per step
-        if state is not None:
-            self.t.copy_(torch.as_tensor(state[:2], dtype=torch.float64))
-            self.n, self.seconds = int(state[2]), state[3]
-
-    @staticmethod
-    def stats(loss, logits, target) -> tuple:
-        """One batch's (loss * n, correct) on the device, and n."""
-        n = target.numel()
-        correct = (logits.detach().argmax(1) == target).sum().double()
-        return torch.stack([loss.detach().double() * n, correct]), n
-
-    def add_stats(self, t, n: int) -> None:
-        self.t += t
-        self.n += n
-
-    def add(self, loss, logits, target):
-        self.add_stats(*self.stats(loss, logits, target))
-
-    def state(self) -> list[float]:
-        return [*self.t.tolist(), self.n, self.seconds]
-
-    def reduce(self) -> tuple[float, float, int]:
-        totals = torch.cat([self.t, self.t.new_tensor([self.n])])
-        loss, correct, n = all_reduce_sum(totals).tolist()
-        return loss / max(n, 1), 100.0 * correct / max(n, 1), int(n)
-
-
-def train_one_epoch(run) -> None:
-    """Train `run` through its current epoch, from `run.batch` on (a resumed epoch starts
-    mid-way), adding to `run.sums`. One optimizer step per trainer.accumulate micro-batches
-    (DDP syncs gradients on the last one only). Between steps `run.check` acts on stop
-    signals, recovery checkpoints and divergence, so the state it saves is always that of
-    whole steps."""
+def train_one_epoch(run: Run) -> None:
+    """Train `run` through its current epoch, from `run.pos.batch` on (a resumed epoch starts
+    mid-way), adding to `run.pos.sums`. One optimizer step per trainer.accumulate micro-batches
+    (DDP syncs gradients on the last one only). Between steps the cross-rank check
+    (`run.checker`) says whether to stop, save or leave as diverged, and `perform` does it, so
+    the state saved is always that of whole steps."""
     model, opt, sched, scaler, guard = run.model, run.optimizer, run.scheduler, run.scaler, run.guard
     model.train()
-    loader, sums, start_batch, accumulate = run.train_loader, run.sums, run.batch, run.accumulate
-    loader.set_epoch(run.epoch, start_batch)
-    bar = progress(loader, run.batches_per_epoch - start_batch, f"epoch {run.epoch + 1}",
+    pos, loader, accumulate = run.pos, run.train_loader, run.accumulate
+    sums, start_batch = pos.sums, pos.batch
+    loader.set_epoch(pos.epoch, start_batch)
+    bar = progress(loader, run.batches_per_epoch - start_batch, f"epoch {pos.epoch + 1}",
                    run.show_progress)
     beat = Heartbeat(run.cfg.trainer.log_every_s, run.dist.is_main and bar.disable)
     start = time.perf_counter()
     step_loss, step_stats = 0.0, []  # this step's micro-batches: summed loss, metric sums
     try:
         for x, y in bar:
-            if run.batch >= run.batches_per_epoch or run.steps_exhausted():
+            if pos.batch >= run.batches_per_epoch or run.steps_exhausted():
                 break
             target = y
             if run.mixup is not None:  # soft targets; metrics stay on the true labels
                 x, target = run.mixup(x, y)
             if run.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            last = (run.batch + 1) % accumulate == 0
+            last = (pos.batch + 1) % accumulate == 0
             with no_sync(model, not last):
                 with run.autocast():
                     logits = model(x)
@@ -83,7 +57,7 @@ def train_one_epoch(run) -> None:
                 scaler.scale(loss / accumulate).backward()
             step_loss = step_loss + loss.detach()
             step_stats.append(sums.stats(loss, logits, y))
-            run.batch += 1
+            pos.batch += 1
             if not last:
                 continue
             step_loss = step_loss / accumulate
@@ -97,9 +71,9 @@ def train_one_epoch(run) -> None:
                 scaler.step(opt)
                 scaler.update()
                 opt.zero_grad(set_to_none=True)
-                guard.watch(step_loss, run.step + 1)
+                guard.watch(step_loss, pos.step + 1)
                 if run.ema is not None:
-                    run.ema.update(run.plain_model, step=run.step + 1)
+                    run.ema.update(run.plain_model, step=pos.step + 1)
                 for stats in step_stats:
                     sums.add_stats(*stats)
             if skipped:  # the schedule moves on past a skipped step, which torch would
@@ -109,31 +83,43 @@ def train_one_epoch(run) -> None:
                     sched.step()
             else:
                 sched.step()
-            run.step += 1
-            if run.step % 20 == 0 and not bar.disable:
-                rate = (run.batch - start_batch) * x.shape[0] / (time.perf_counter() - start)
+            pos.step += 1
+            if pos.step % 20 == 0 and not bar.disable:
+                rate = (pos.batch - start_batch) * x.shape[0] / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{step_loss.item():.3f}",
                                 lr=f"{sched.get_last_lr()[0]:.3g}", img_s=f"{rate:.0f}")
             if beat.due():
                 log.info(status_line(run, start_batch, time.perf_counter() - start, x.shape[0],
                                      float(step_loss)))
             step_loss, step_stats = 0.0, []
-            if run.batch < run.batches_per_epoch:  # after the last step: check(end_of_epoch)
-                run.check()
+            if pos.batch < run.batches_per_epoch:  # after the last step: At.EPOCH_END
+                perform(run, run.checker(run, At.STEP))
     finally:
         sums.seconds += time.perf_counter() - start
         bar.close()
-    run.check(end_of_epoch=True)
+    perform(run, run.checker(run, At.EPOCH_END))
 
 
-def status_line(run, start_batch: int, seconds: float, batch_size: int, loss: float) -> str:
+def perform(run: Run, action: Action) -> None:
+    """Do what the ranks agreed: leave as diverged (nothing saved), save last.pt and leave on
+    a stop signal (by Interrupted: the trainer saves), or write a recovery checkpoint."""
+    if action.act is Act.DIVERGED:
+        raise run.guard.error()
+    if action.act is Act.STOP:
+        raise Interrupted(action.signum, run.stop.signum)
+    if action.act is Act.SAVE:
+        checkpoint.save_run(run, "last.pt")
+
+
+def status_line(run: Run, start_batch: int, seconds: float, batch_size: int, loss: float) -> str:
     """Where training is, at the pace of this epoch so far (the heartbeat without a bar)."""
-    done, epochs, per_epoch = run.batch - start_batch, total_epochs(run.cfg), run.batches_per_epoch
-    left = per_epoch - run.batch + (epochs - run.epoch - 1) * per_epoch  # batches
+    pos, epochs, per_epoch = run.pos, run.total_epochs, run.batches_per_epoch
+    done = pos.batch - start_batch
+    left = per_epoch - pos.batch + (epochs - pos.epoch - 1) * per_epoch  # batches
     if run.cfg.trainer.max_steps:
-        left = min(left, (run.cfg.trainer.max_steps - run.step) * run.accumulate)
+        left = min(left, (run.cfg.trainer.max_steps - pos.step) * run.accumulate)
     seconds = max(seconds, 1e-9)
-    return status(run.epoch + 1, epochs, run.batch, per_epoch, loss,
+    return status(pos.epoch + 1, epochs, pos.batch, per_epoch, loss,
                   done * batch_size * run.dist.world_size / seconds, left * seconds / max(done, 1))
 
 
@@ -160,7 +146,7 @@ def no_sync(model, skip: bool):
 
 
 @torch.no_grad()
-def evaluate(model, loader, autocast, limit: int = 0, channels_last: bool = False,
+def evaluate_loader(model, loader, autocast, limit: int = 0, channels_last: bool = False,
              show: bool = True) -> dict:
     """Loss, top-1 and top-5 (top-k capped at the class count) over the loader, all ranks.
     Each generated weight is made once for the whole pass (`cached`; it finds the rings
@@ -192,5 +178,27 @@ def evaluate(model, loader, autocast, limit: int = 0, channels_last: bool = Fals
         t = torch.zeros(4, dtype=torch.float64, device=loader.device)
     loss, top1, top5, n = all_reduce_sum(t).tolist()
     if n == 0:
-        raise ValueError("evaluate: the loader holds no samples on any process")
+        raise ValueError("evaluate_loader: the loader holds no samples on any process")
     return dict(val_loss=loss / n, val_top1=100.0 * top1 / n, val_top5=100.0 * top5 / n)
+
+
+def evaluate_run(run: Run) -> dict:
+    """Test metrics (val_*), the EMA weights' (ema_*) and the held-out part's (heldout_*)
+    where the run has them. A loss that is not finite is divergence: the last update broke
+    the model (the training loss of a step is judged before that step's update)."""
+    args = (run.autocast, run.cfg.trainer.limit_batches, run.channels_last, run.show_progress)
+    val = evaluate_loader(run.model, run.val_loader, *args)
+    if run.ema is not None:
+        # each rank's EMA followed its own BatchNorm statistics; rank 0's are the ones saved
+        broadcast_buffers(run.ema.module)
+        ema = evaluate_loader(run.ema.module, run.val_loader, *args)
+        val.update({k.replace("val_", "ema_"): v for k, v in ema.items()})
+    if run.holdout_loader is not None:
+        held = evaluate_loader(run.model, run.holdout_loader, *args)
+        val.update({k.replace("val_", "heldout_"): v for k, v in held.items()})
+    for key, loss in val.items():  # the same on every rank (all-reduced)
+        if key.endswith("_loss") and not math.isfinite(loss):
+            what = {"val": "test", "ema": "EMA's test", "heldout": "held-out"}[key[:-5]]
+            raise Diverged(run.pos.step, loss, f"the {what} loss was {loss:.4g} after step "
+                           f"{run.pos.step}")
+    return val

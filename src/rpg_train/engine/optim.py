@@ -1,4 +1,5 @@
-"""Optimizer parameter groups and learning-rate schedules."""
+"""Optimizer parameter groups and learning-rate schedules; `optimization` is the one factory
+of a phase's optimizer and schedule (training, ring pruning's fine-tuning)."""
 from __future__ import annotations
 
 import math
@@ -6,6 +7,8 @@ from functools import partial
 
 import torch
 import torch.nn as nn
+
+from omegaconf import OmegaConf
 
 from ..errors import check_choice
 from ..rpg import Ring
@@ -53,6 +56,11 @@ def _adamw(groups, cfg, lr):
 
 
 OPTIMIZERS = {"sgd": _sgd, "adamw": _adamw}  # optim.name -> builder(groups, optim cfg, lr)
+
+
+def global_batch(cfg, world_size: int) -> int:
+    """Images per optimizer step over all processes (what optim.lr is scaled by)."""
+    return cfg.data.batch_size * world_size * cfg.trainer.accumulate
 
 
 def applied_lr(cfg, global_batch: int) -> float:
@@ -116,3 +124,28 @@ def build_scheduler(cfg, base_lr: float, optimizer, epochs: int, steps_per_epoch
                          decay_epochs=cfg.decay_epochs)
     return torch.optim.lr_scheduler.LambdaLR(optimizer,
                                              lambda step: factor(step / steps_per_epoch))
+
+
+def finetune_lr(cfg) -> float:
+    """Fine-tuning's optim.lr (per optim.lr_batch images, as optim.lr is): rpg.prune.lr, by
+    default a tenth of optim.lr, the recipe of ring pruning and of the pruning baseline."""
+    p = cfg.rpg.prune
+    return cfg.optim.lr / 10 if p.lr is None else p.lr
+
+
+def optimization(cfg, model: nn.Module, world_size: int, steps_per_epoch: int,
+                 phase: str = "train"):
+    """(optimizer, scheduler) of a phase of a run: "train" as optim and sched say over
+    trainer.epochs; "finetune" (ring pruning's) a fresh optimizer (its state starts at 0, so
+    masked entries stay 0 under momentum and weight decay) at finetune_lr, its schedule over
+    rpg.prune.finetune_epochs without warm-up."""
+    optim, sched, epochs = cfg.optim, cfg.sched, cfg.trainer.epochs
+    if phase == "finetune":
+        lr = finetune_lr(cfg)
+        optim = OmegaConf.merge(cfg.optim, {"lr": lr})
+        # sched.min_lr is in optim.lr's units: scaled with the lr, the floor stays below it
+        sched = OmegaConf.merge(cfg.sched, {"warmup_epochs": 0,
+                                            "min_lr": cfg.sched.min_lr * lr / cfg.optim.lr})
+        epochs = max(cfg.rpg.prune.finetune_epochs, 1)
+    optimizer = build_optimizer(optim, model, global_batch(cfg, world_size))
+    return optimizer, build_scheduler(sched, optim.lr, optimizer, epochs, steps_per_epoch)

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 from rpg_train.config import register
-from rpg_train.engine.distributed import setup
 from rpg_train.engine import phases
+from rpg_train.engine.distributed import setup
 from rpg_train.engine.loop import train_one_epoch
 from rpg_train.engine.trainer import prepare
 from rpg_train.paths import CONF

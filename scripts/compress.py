@@ -26,7 +26,7 @@ import copy
 import json
 import sys
 import time
-from functools import lru_cache, partial
+from functools import cache, partial
 from pathlib import Path
 
 import torch
@@ -35,8 +35,8 @@ from safetensors.torch import save_file
 from rpg_train.data import build_data
 from rpg_train.engine import checkpoint, optim, train
 from rpg_train.engine.amp import autocast_for
-from rpg_train.engine.loop import evaluate_loader
 from rpg_train.engine.dense_pruning import prunable_layers, prune_to, pruned_layers
+from rpg_train.engine.loop import evaluate_loader
 from rpg_train.evaluate import checkpoint_config
 from rpg_train.export import load_trained
 from rpg_train.rpg import prune_ring, quantize_ring, rings_of, save_compact
@@ -80,7 +80,7 @@ def finetune_lr(run_dir: Path) -> float:
     return optim.finetune_lr(checkpoint_config(_trained(run_dir)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _trained(run_dir: Path) -> checkpoint.Checkpoint:
     """A run's last.pt, read once (an ImageNet checkpoint is large)."""
     return checkpoint.load(run_dir / "last.pt", key=str(run_dir))

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from rpg_train.engine import Interrupted, checkpoint, train
-from rpg_train.engine import optim
+from rpg_train.engine import Interrupted, checkpoint, optim, train
 from rpg_train.engine.optim import lr_schedule, param_groups
-from rpg_train.engine.state import Act, Action, check
 from rpg_train.engine.signals import StopSignals
+from rpg_train.engine.state import Act, Action, check
 from rpg_train.errors import UserError
 from rpg_train.evaluate import evaluate_checkpoint, main as evaluate_main
 from rpg_train.models import create_model

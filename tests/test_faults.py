@@ -13,9 +13,9 @@ import torch
 
 from rpg_train.engine import Diverged, checkpoint, train
 from rpg_train.engine.build import build
+from rpg_train.engine.signals import Interrupted, StopSignals, pass_on
 from rpg_train.engine.state import check as cross_rank_check
 from rpg_train.engine.trainer import seed_everything
-from rpg_train.engine.signals import Interrupted, StopSignals, pass_on
 from rpg_train.errors import UserError
 
 PER_EPOCH = 64 // 16  # QUICK: 64 training samples, batch 16

@@ -7,6 +7,7 @@ import sys
 import hydra_plugins.rpg_train_launcher
 import rpg_train
 
+
 def shadowed_modules() -> set[str]:
     """The modules of rpg_train and its Hydra plugin that their package's attribute of the
     same name is not."""

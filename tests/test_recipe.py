@@ -12,14 +12,13 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(__file__))
 import data_fixtures as fx  # noqa: E402
-
 from rpg_train.config import DataConfig  # noqa: E402
-from rpg_train.validation import validate  # noqa: E402
 from rpg_train.data import build_loaders  # noqa: E402
 from rpg_train.engine import train  # noqa: E402
 from rpg_train.engine.optim import param_groups  # noqa: E402
 from rpg_train.errors import UserError  # noqa: E402
 from rpg_train.rpg import apply_rpg  # noqa: E402
+from rpg_train.validation import validate  # noqa: E402
 
 
 class _Net(nn.Module):

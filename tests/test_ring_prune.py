@@ -4,9 +4,9 @@ import re
 import pytest
 import torch
 
-from rpg_train.validation import validate
 from rpg_train.engine import train
 from rpg_train.errors import UserError
+from rpg_train.validation import validate
 
 PRUNE = ["rpg.prune.amount=0.5", "rpg.prune.finetune_epochs=2"]
 

@@ -12,7 +12,7 @@ import math
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, OmegaConf
@@ -40,12 +40,12 @@ def within(default, interval: str, *, says: str = "", null: str = "", length: in
 @dataclass
 class ModelConfig:
     name: str = "resnet20"  # a key of models.MODELS, or timm:<name>
-    num_classes: Optional[int] = within(None, "[1, inf)")  # null: from the dataset
-    in_chans: Optional[int] = within(None, "[1, inf)")  # null: from the dataset
-    small_input: Optional[bool] = None  # null: from the dataset (CIFAR stem for small images)
+    num_classes: int | None = within(None, "[1, inf)")  # null: from the dataset
+    in_chans: int | None = within(None, "[1, inf)")  # null: from the dataset
+    small_input: bool | None = None  # null: from the dataset (CIFAR stem for small images)
     # channel multiplier (torchvision and CIFAR ResNets): the width baseline
     width: float = within(1.0, "(0, inf)", says="a positive multiplier")
-    kwargs: Dict[str, Any] = field(default_factory=dict)  # more create_model arguments
+    kwargs: dict[str, Any] = field(default_factory=dict)  # more create_model arguments
 
 
 @dataclass
@@ -58,7 +58,7 @@ class RingPruneConfig:
     keys set (trainer.resume=PATH/last.pt)."""
     amount: float = within(0.0, "[0, 1)")  # 0 = off
     finetune_epochs: int = within(0, "[0, inf)")
-    lr: Optional[float] = within(None, "(0, inf)", null="optim.lr / 10")
+    lr: float | None = within(None, "(0, inf)", null="optim.lr / 10")
 
 
 @dataclass
@@ -87,23 +87,23 @@ class MatchConfig:
     """Equal-DoF baselines: with `width` set, the RPG ring (or the pruning target) is solved
     so the trainable count equals that of the dense `model` (null: model.name) at channel
     multiplier `width`; rpg.params (prune.params) is then ignored."""
-    width: Optional[float] = within(None, "(0, inf)", says="a positive multiplier")
-    model: Optional[str] = None
+    width: float | None = within(None, "(0, inf)", says="a positive multiplier")
+    model: str | None = None
 
 
 @dataclass
 class PruneConfig:
     """The pruning baseline: a trained dense checkpoint, globally magnitude-pruned over the
     weights RPG would generate, then fine-tuned for trainer.epochs (needs rpg=none)."""
-    init: Optional[str] = None  # the trained dense model's checkpoint; null = no pruning
+    init: str | None = None  # the trained dense model's checkpoint; null = no pruning
     # non-zero weights kept (int or fraction); or match.width
-    params: Optional[float] = field(default=None, metadata=dict(checked_by="prune_to"))
+    params: float | None = field(default=None, metadata=dict(checked_by="prune_to"))
 
 
 @dataclass
 class DataConfig:
     name: str = "fashion_mnist"  # data.DATASETS
-    root: Optional[str] = None  # null: ./data/<name>
+    root: str | None = None  # null: ./data/<name>
     batch_size: int = within(128, "[1, inf)")  # per process
     eval_batch_size: int = within(512, "[1, inf)")
     num_workers: int = within(8, "[0, inf)")  # ImageNet only; small datasets live on the device
@@ -116,7 +116,7 @@ class DataConfig:
     # auto_augment, a timm policy (rand-m9-mstd0.5-inc1 = RandAugment, augmix-m5-w4-d2, v0 =
     # AutoAugment) or trivial (TrivialAugmentWide); re_prob, random erasing per image. Any
     # dataset: mixup / cutmix, their Beta alphas (timm's Mixup; 0 = off; soft-target loss)
-    auto_augment: Optional[str] = None
+    auto_augment: str | None = None
     re_prob: float = within(0.0, "[0, 1]")
     mixup: float = within(0.0, "[0, inf)")
     cutmix: float = within(0.0, "[0, inf)")
@@ -135,13 +135,14 @@ class OptimConfig:
     # (global batch = data.batch_size * processes * trainer.accumulate), so one recipe gives
     # the same training on 1 or 64 GPUs; lr_batch null applies lr as it is
     lr: float = within(0.2, "(0, inf)")
-    lr_batch: Optional[int] = within(256, "[1, inf)")
+    lr_batch: int | None = within(256, "[1, inf)")
     momentum: float = within(0.9, "[0, 1)")
     nesterov: bool = False
-    betas: List[float] = within([0.9, 0.999], "[0, 1)", length=2)  # AdamW's
+    betas: list[float] = within([0.9, 0.999], "[0, 1)", length=2)  # AdamW's
     weight_decay: float = within(5e-4, "[0, inf)")  # rings included, on purpose
     wd_norm: bool = False  # also decay norm parameters and biases
-    no_wd_1d: bool = False  # timm's rule: no decay for 1-D and no_weight_decay() parameters (rings keep theirs)
+    # timm's rule: no decay for 1-D and no_weight_decay() parameters (rings keep theirs)
+    no_wd_1d: bool = False
 
 
 @dataclass
@@ -169,7 +170,7 @@ class TrainerConfig:
     # stop after this many optimizer steps in total; 0 = no limit
     max_steps: int = within(0, "[0, inf)")
     limit_batches: int = within(0, "[0, inf)")  # batches per epoch, train and val; 0 = all
-    resume: Optional[str] = None  # auto (last.pt in the run directory) | PATH
+    resume: str | None = None  # auto (last.pt in the run directory) | PATH
     # a fresh run may replace an earlier run's records in its directory
     overwrite: bool = False
     progress: bool = True  # tqdm bars (training and evaluation), when the output is a terminal
@@ -179,7 +180,7 @@ class TrainerConfig:
     accumulate: int = within(1, "[1, inf)")  # micro-batches per optimizer step
     sync_bn: bool = False  # BatchNorm statistics over all processes (CUDA only)
     # an EMA of the weights (timm's ModelEmaV3), also evaluated
-    ema_decay: Optional[float] = within(None, "(0, 1)")
+    ema_decay: float | None = within(None, "(0, 1)")
     # faults: a recovery last.pt every N minutes mid-epoch (0 = at epoch ends only); a
     # collective that waits this long for a lost rank fails instead of hanging
     checkpoint_every_min: float = within(30.0, "[0, inf)")
@@ -189,8 +190,8 @@ class TrainerConfig:
     # bound) stops the run (stop) or skips its step (skip, a host sync per step); stop reads
     # the loss every nan_check_every steps and before every checkpoint
     nan_policy: str = "stop"
-    max_loss: Optional[float] = within(None, "(0, inf)")
-    max_loss_factor: Optional[float] = within(100.0, "(1, inf)", null="no bound")
+    max_loss: float | None = within(None, "(0, inf)")
+    max_loss_factor: float | None = within(100.0, "(1, inf)", null="no bound")
     nan_check_every: int = within(50, "[1, inf)")
 
 
@@ -199,13 +200,13 @@ class LoggerConfig:
     """W&B. A key set here wins; a key left at its default (null, auto, []) yields to W&B's
     own environment variable, then to the default named (conf/logger/wandb.yaml)."""
     name: str = "none"  # log.LOGGERS: none | wandb
-    project: Optional[str] = None  # null: $WANDB_PROJECT, else rpg-train
-    entity: Optional[str] = None  # null: $WANDB_ENTITY, else your W&B default
+    project: str | None = None  # null: $WANDB_PROJECT, else rpg-train
+    entity: str | None = None  # null: $WANDB_ENTITY, else your W&B default
     # auto: $WANDB_MODE, else online with credentials, else offline | online | offline | disabled
     mode: str = "auto"
-    group: Optional[str] = None  # null: $WANDB_RUN_GROUP, else the multirun's sweep directory
-    run_name: Optional[str] = None  # null: $WANDB_NAME, else <method>-<model>-<trainable>-s<seed>
-    tags: List[str] = field(default_factory=list)  # []: $WANDB_TAGS; method, model, data added
+    group: str | None = None  # null: $WANDB_RUN_GROUP, else the multirun's sweep directory
+    run_name: str | None = None  # null: $WANDB_NAME, else <method>-<model>-<trainable>-s<seed>
+    tags: list[str] = field(default_factory=list)  # []: $WANDB_TAGS; method, model, data added
 
 
 @dataclass

@@ -11,7 +11,7 @@ class UserError(ValueError):
         self.key, self.value, self.reason = key, value, reason
         super().__init__(f"{key}={value!r} {reason}")
 
-    def under(self, group: str) -> "UserError":
+    def under(self, group: str) -> UserError:
         """The same error with its key inside a config group: `params` -> `rpg.params`."""
         return type(self)(f"{group}.{self.key}", self.value, self.reason)
 

@@ -17,7 +17,7 @@ from ..models import create_model
 from ..rpg import apply_rpg, param_report, set_ring_masks
 from ..rpg.compact import tables_fingerprint
 from . import budget, checkpoint
-from .dense_pruning import load_init, pruned_report, prune_to
+from .dense_pruning import load_init, prune_to, pruned_report
 from .ring_pruning import pruned_report as ring_pruned_report
 
 

@@ -134,7 +134,7 @@ def save(path: Path, state: dict, keep_previous: bool = False, key: str = "out_d
             try:
                 torch.save({**state, "format": FORMAT}, sink)
             except RuntimeError as err:  # torch reports the file's OSError as its own error
-                raise sink.error or err
+                raise (sink.error or err) from None
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         if keep_previous and path.exists():

@@ -29,7 +29,8 @@ def train_one_epoch(run: Run) -> None:
     (DDP syncs gradients on the last one only). Between steps the cross-rank check
     (`run.checker`) says whether to stop, save or leave as diverged, and `perform` does it, so
     the state saved is always that of whole steps."""
-    model, opt, sched, scaler, guard = run.model, run.optimizer, run.scheduler, run.scaler, run.guard
+    model, opt, sched, scaler = run.model, run.optimizer, run.scheduler, run.scaler
+    guard = run.guard
     model.train()
     pos, loader, accumulate = run.pos, run.train_loader, run.accumulate
     sums, start_batch = pos.sums, pos.batch

@@ -7,7 +7,6 @@ from functools import partial
 
 import torch
 import torch.nn as nn
-
 from omegaconf import OmegaConf
 
 from ..errors import check_choice

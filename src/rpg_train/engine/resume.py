@@ -13,10 +13,10 @@ from typing import cast
 
 from omegaconf import OmegaConf
 
+from ..rpg import set_ring_masks
 from . import checkpoint
 from .checkpoint import Checkpoint
 from .distributed import broadcast_object
-from ..rpg import set_ring_masks
 from .state import Run
 
 log = logging.getLogger("rpg_train")

@@ -10,7 +10,6 @@ import warnings
 from functools import partial
 
 import torch.nn as nn
-import torchvision
 
 from ..errors import UserError
 from .cifar_resnet import CifarResNet
@@ -86,7 +85,7 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, small_input: bo
         model = builder(num_classes=num_classes, in_chans=in_chans, small_input=small_input,
                         width=width, **kw)
     except UserError as err:  # a backbone argument: it came in through kwargs
-        raise err.under("kwargs") if err.key in kw else err
+        raise (err.under("kwargs") if err.key in kw else err) from None
     except TypeError as err:  # an argument the backbone does not take
         if not kw:
             raise  # not the user's: no extra arguments were given

@@ -9,8 +9,16 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError, check_choice
-from .plan import (SAMPLINGS, SCOPES, find_targets, group_targets, ring_seeds, ring_size,
-                   split_params, ungenerated_weights)
+from .plan import (
+    SAMPLINGS,
+    SCOPES,
+    find_targets,
+    group_targets,
+    ring_seeds,
+    ring_size,
+    split_params,
+    ungenerated_weights,
+)
 from .ring import Ring, RingBank, cached_rings, is_generated, make_generated, make_plain
 
 RINGS_ATTR = "rpg_rings"

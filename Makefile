@@ -184,7 +184,7 @@ study-capacity: install data
 # mirrored into docs/results/fmnist-capacity/runs (as aggregate-fmnist does)
 CAPACITY_RESULTS = docs/results/fmnist-capacity
 aggregate-capacity: install
-	@[ ! -d $(CAPACITY_DIR) ] || $(PYTHON) scripts/publish_runs.py $(CAPACITY_DIR) \
+	@[ ! -d $(CAPACITY_DIR) ] || $(PYTHON) scripts/publish_runs.py --with-last $(CAPACITY_DIR) \
 	  $(CAPACITY_RESULTS)/runs
 	$(PYTHON) scripts/aggregate.py --out $(CAPACITY_RESULTS) $(CAPACITY_RESULTS)/runs \
 	  $(if $(filter wandb,$(LOGGER)),--wandb)

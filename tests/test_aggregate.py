@@ -615,6 +615,21 @@ def test_publish_runs_mirrors_small_files(tmp_path):
                                                                      "results.json"]
 
 
+def test_publish_runs_with_last_keeps_finished_jobs_checkpoints(tmp_path):
+    """--with-last: a finished job's last.pt goes along (so a sweep restored from the
+    repository skips it); an unfinished job's never does."""
+    publish = load("publish_runs").publish
+    study, dest = tmp_path / "study", tmp_path / "runs"
+    write_run(study / "a,seed=0", top1=90.0, trainable=1000, ring=900)
+    (study / "a,seed=0" / "last.pt").write_bytes(b"finished")
+    write_run(study / "b,seed=0", top1=90.0, trainable=1000, ring=900)
+    (study / "b,seed=0" / "results.json").unlink()  # still training
+    (study / "b,seed=0" / "last.pt").write_bytes(b"half-way")
+    assert publish(study, dest, with_last=True) == 2
+    assert (dest / "a,seed=0" / "last.pt").read_bytes() == b"finished"
+    assert not (dest / "b,seed=0" / "last.pt").exists()
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_capacity_study_is_seed_major():
     """Every arm for seeds 0,1 before any for 2,3, so a study stopped half-way pairs."""

@@ -248,7 +248,9 @@ def check_interval(key: str, value, meta, nullable: bool = False) -> None:
     """The one check of a numeric key against its field's `within` interval."""
     if "interval" not in meta or value is None:  # checked_by: the code that uses it checks it
         return
-    low_end, low, high, high_end = _INTERVAL.fullmatch(meta["interval"]).groups()
+    match = _INTERVAL.fullmatch(meta["interval"])
+    assert match is not None, meta["interval"]  # the schema's `within` literals have this shape
+    low_end, low, high, high_end = match.groups()
     lo, hi = float(low), float(high)
     values = list(value) if meta["length"] else [value]
     inside = [(lo <= v if low_end == "[" else lo < v) and (v <= hi if high_end == "]" else v < hi)

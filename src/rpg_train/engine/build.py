@@ -5,7 +5,7 @@ parameter report the run wrote."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -45,7 +45,7 @@ def model_spec(cfg, info: dict) -> dict:
                 in_chans=info["in_chans"] if m.in_chans is None else m.in_chans,
                 small_input=info["small_input"] if m.small_input is None else m.small_input,
                 **({} if m.width == 1 else {"width": m.width}),  # as create_model records it
-                **OmegaConf.to_container(m.kwargs, resolve=True))
+                **cast(dict, OmegaConf.to_container(m.kwargs, resolve=True)))
 
 
 def build_model(cfg, info: dict, ckpt: checkpoint.Checkpoint | None = None):
@@ -104,6 +104,7 @@ def model_from_checkpoint(ckpt: checkpoint.Checkpoint | None, cfg,
     another model. `info`: the dataset's class count, channels and input size (default: the
     checkpoint's own, so no dataset is read). Without a checkpoint: the model as initialised."""
     if info is None:
+        assert ckpt is not None, "info is needed without a checkpoint"
         spec = ckpt.state["identity"]["model"]
         info = {k: spec[k] for k in ("num_classes", "in_chans", "small_input")}
     model, spec, prune_info = build_model(cfg, info, ckpt)

@@ -18,7 +18,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,8 +39,8 @@ REQUIRED = ("model", "optimizer", "scheduler", "epoch", "batch", "step", "identi
 FORMAT = 2
 IDENTITY = ("model", "rpg", "fingerprint", "prune", "holdout")  # what a resume must match
 # fields added after the first checkpoints, as a file without them means them
-ADDED = dict(ema=None, schedule={}, skipped_steps=0, loss_start=None, selected=None,
-             ring_prune=None, provenance=None)
+ADDED: dict[str, Any] = dict(ema=None, schedule={}, skipped_steps=0, loss_start=None,
+                             selected=None, ring_prune=None, provenance=None)
 
 
 @dataclass
@@ -73,6 +73,7 @@ def save_run(run: Run, name: str) -> None:
     epoch, batch, sums = run.resume_point()
     rng = gather_objects(rng_state())  # every rank's, so each resumes its own
     sums = gather_objects(sums) if sums is not None else None
+    assert run.optimizer is not None  # saves happen in a phase, which built the optimizer
     if run.dist.is_main:
         save(run.out_dir / name, dict(
             model=run.plain_model.state_dict(), optimizer=run.optimizer.state_dict(),
@@ -96,7 +97,9 @@ def _finite(model) -> bool:
 def rng_state() -> dict:
     """Every RNG's state as tensors, numbers and lists (what weights_only loads)."""
     version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    legacy = np.random.get_state()
+    assert isinstance(legacy, tuple)  # the global RandomState is MT19937: the legacy tuple
+    kind, keys, pos, has_gauss, cached = legacy
     state = dict(python=[version, list(internal), gauss],
                  numpy=dict(kind=kind, keys=torch.from_numpy(keys.astype(np.int64)), pos=pos,
                             has_gauss=has_gauss, cached_gaussian=cached),
@@ -132,7 +135,8 @@ def save(path: Path, state: dict, keep_previous: bool = False, key: str = "out_d
         with open(tmp, "wb") as f:
             sink = _Sink(f)
             try:
-                torch.save({**state, "format": FORMAT}, sink)
+                # torch.save needs only write() and flush(); its stubs ask for IO[bytes]
+                torch.save({**state, "format": FORMAT}, sink)  # type: ignore[arg-type]
             except RuntimeError as err:  # torch reports the file's OSError as its own error
                 raise (sink.error or err) from None
             f.flush()

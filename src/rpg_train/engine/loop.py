@@ -34,12 +34,16 @@ def train_one_epoch(run: Run) -> None:
     model.train()
     pos, loader, accumulate = run.pos, run.train_loader, run.accumulate
     sums, start_batch = pos.sums, pos.batch
+    # the phase, when entered, built the optimizer; begin_epoch made the epoch's sums
+    assert opt is not None and sums is not None
     loader.set_epoch(pos.epoch, start_batch)
     bar = progress(loader, run.batches_per_epoch - start_batch, f"epoch {pos.epoch + 1}",
                    run.show_progress)
     beat = Heartbeat(run.cfg.trainer.log_every_s, run.dist.is_main and bar.disable)
     start = time.perf_counter()
-    step_loss, step_stats = 0.0, []  # this step's micro-batches: summed loss, metric sums
+    # this step's micro-batches: summed loss, metric sums
+    step_loss: torch.Tensor | float = 0.0
+    step_stats: list[tuple[torch.Tensor, int]] = []
     try:
         for x, y in bar:
             if pos.batch >= run.batches_per_epoch or run.steps_exhausted():
@@ -61,6 +65,7 @@ def train_one_epoch(run: Run) -> None:
             pos.batch += 1
             if not last:
                 continue
+            assert isinstance(step_loss, torch.Tensor)  # this step's micro-batches added to it
             step_loss = step_loss / accumulate
             skipped = guard.skip(step_loss)
             if skipped:  # nan_policy=skip: no update, no metrics for this step

@@ -3,6 +3,7 @@ of a phase's optimizer and schedule (training, ring pruning's fine-tuning)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -22,7 +23,9 @@ def param_groups(model: nn.Module, weight_decay: float, wd_norm: bool,
     Norm parameters and biases are decayed only with wd_norm. no_wd_1d adds timm's rule for
     everything else: no decay for any 1-D parameter (layer scales, ...) or one the model
     names in its no_weight_decay() (position embeddings, tokens)."""
-    ring, decay, no_decay = [], [], []
+    ring: list[nn.Parameter] = []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     seen = set()
     named = getattr(model, "no_weight_decay", None)
     exempt = {id(p) for n, p in model.named_parameters() if n in set(named())} if (
@@ -95,7 +98,9 @@ def _constant(t, **_):
     return 1.0
 
 
-SCHEDULES = {"cosine": _cosine, "step": _step, "exp": _exp, "constant": _constant}  # sched.name
+# sched.name -> the multiplier after warmup
+SCHEDULES: dict[str, Callable[..., float]] = {"cosine": _cosine, "step": _step, "exp": _exp,
+                                              "constant": _constant}
 
 
 def lr_schedule(*, name: str, epochs: int, warmup_epochs: float, warmup_start: float,

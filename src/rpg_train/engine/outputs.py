@@ -55,11 +55,12 @@ class RunLogger:
 
     def epoch(self, run: Run, val: dict) -> dict:
         """One metrics row per epoch (the train sums' reduction is a collective)."""
-        pos = run.pos
-        train_loss, train_top1, seen = pos.sums.reduce()
+        pos, sums = run.pos, run.pos.sums
+        assert sums is not None  # the epoch was begun and trained (trainer.run_epoch)
+        train_loss, train_top1, seen = sums.reduce()
         row = dict(epoch=pos.epoch + 1, step=pos.step, lr=run.scheduler.get_last_lr()[0],
                    train_loss=train_loss, train_top1=train_top1, **val,
-                   images_per_sec=seen / max(pos.sums.seconds, 1e-9), elapsed=run.elapsed())
+                   images_per_sec=seen / max(sums.seconds, 1e-9), elapsed=run.elapsed())
         if self.main:
             self.metrics.write(row)
             held = f"  held-out {val['heldout_top1']:.2f}%" if "heldout_top1" in val else ""

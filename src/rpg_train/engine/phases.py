@@ -59,6 +59,7 @@ def enter(phase: Phase, run: Run, row: dict | None) -> dict | None:
         run.scheduler.load_state_dict(resumed["scheduler"])
         run.resumed_optimization = None
     if pruning:
+        assert row is not None  # _prune returned it above
         _pruned(run, row)
     return row
 
@@ -85,6 +86,7 @@ def _prune(run: Run, row: dict | None) -> dict:
 def _pruned(run: Run, row: dict) -> None:
     """Say what pruning did and save the pruned model with the fine-tuning's optimizer."""
     cfg, p, rec = run.cfg, run.cfg.rpg.prune, run.ring_prune
+    assert rec is not None  # _prune set it
     log.info("ring pruning: %d of %d ring entries zeroed (%.0f%%); test top-1 %.2f%% -> %.2f%%;"
              " fine-tuning %d epoch%s at optim.lr %g; trainable %d",
              rec["pruned"], rec["entries"], 100 * p.amount, rec["before_top1"], row["val_top1"],

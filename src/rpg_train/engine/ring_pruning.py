@@ -46,7 +46,9 @@ def prune(model: nn.Module, ema: nn.Module | None, cfg) -> dict:
     pruned = prune_ring(model, cfg.rpg.prune.amount)
     if ema is not None:  # the average restarts from the pruned weights
         ema.load_state_dict(model.state_dict())
-        set_ring_masks(ema, ring_masks(model))
+        masks = ring_masks(model)
+        assert masks is not None  # prune_ring gave every ring a mask (it fails without rings)
+        set_ring_masks(ema, masks)
     return dict(amount=cfg.rpg.prune.amount, finetune_epochs=cfg.rpg.prune.finetune_epochs,
                 trained_epochs=cfg.trainer.epochs, lr=finetune_lr(cfg), entries=entries,
                 pruned=pruned)

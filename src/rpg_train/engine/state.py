@@ -128,7 +128,7 @@ class Run:
     ring_prune: dict | None = None  # rpg.prune: the ring pruning's record, once pruned
     pos: Position = field(default_factory=Position)
     # the cross-rank check between steps; a test may pass another that wraps `check`
-    checker: Callable[[Run, At], Action] = field(default=None)
+    checker: Callable[[Run, At], Action] = field(default_factory=lambda: check)
     resolved: dict = field(init=False)  # the config as plain containers (saved, logged)
     stop: StopSignals = field(init=False, default_factory=StopSignals)
     guard: LossGuard = field(init=False)  # divergence: trainer.nan_policy
@@ -142,8 +142,6 @@ class Run:
                                t.max_loss_factor, self.spec["num_classes"])
         self.vote = Vote(3, t.dist_timeout_s)
         self.last_save = time.monotonic()
-        if self.checker is None:
-            self.checker = check
 
     # the trainer settings the loop reads
     @property
@@ -205,6 +203,7 @@ class Run:
         p = self.pos
         if p.evaluated and p.batch >= self.batches_per_epoch:
             return p.epoch + 1, 0, None
+        assert p.sums is not None  # the epoch is unfinished, so begin_epoch set its sums
         return p.epoch, p.batch, p.sums.state()
 
 

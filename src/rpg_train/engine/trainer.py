@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 from omegaconf import OmegaConf
@@ -24,7 +25,7 @@ from .guard import Diverged
 from .loop import evaluate_run, perform, train_one_epoch
 from .outputs import RunLogger
 from .signals import Interrupted
-from .state import At, Run
+from .state import At, Run, check
 
 log = logging.getLogger("rpg_train")
 
@@ -61,7 +62,8 @@ def prepare(cfg, dist: Dist, out_dir: Path, t0: float, checker=None) -> Run:
     """Everything before the first step: model, data, and the resumed state (each phase
     builds its optimizer when it is entered)."""
     seed_everything(cfg.trainer.seed)
-    log.info(preparing(cfg.model.name, method_label(OmegaConf.to_container(cfg, resolve=True)),
+    log.info(preparing(cfg.model.name,
+                       method_label(cast(dict, OmegaConf.to_container(cfg, resolve=True))),
                        cfg.data.name))
     ckpt = resume.load_resume(cfg, out_dir)
     if ckpt is not None:
@@ -91,7 +93,8 @@ def prepare(cfg, dist: Dist, out_dir: Path, t0: float, checker=None) -> Run:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
     if cfg.trainer.compile:
-        model = torch.compile(model)
+        # a compiled Module is an OptimizedModule, a Module; torch.compile's stubs say Callable
+        model = cast(torch.nn.Module, torch.compile(model))
     d, mixup, ema = cfg.data, None, None
     if d.mixup or d.cutmix:
         from timm.data import Mixup
@@ -107,7 +110,7 @@ def prepare(cfg, dist: Dist, out_dir: Path, t0: float, checker=None) -> Run:
               train_loader=built.train_loader, val_loader=built.val_loader,
               holdout_loader=built.holdout_loader, batches_per_epoch=batches, scaler=scaler,
               amp_dtype=dtype, t0=t0, dense_prune=built.prune, ema=ema, mixup=mixup,
-              checker=checker)
+              checker=check if checker is None else checker)
     if ckpt is not None:
         if ckpt.state["ring_prune"] is not None:  # pruned with the same settings
             ring_pruning.check_resume(ckpt, cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import warnings
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -85,13 +86,15 @@ def apply_rpg(model: nn.Module, scope: str, params, seed: int = 0, sampling: str
     model._modules.clear()
     model._modules[RINGS_ATTR] = rings
     model._modules.update(children)
-    model.rpg_spec = dict(scope=scope, params=params, seed=seed, sampling=sampling, sign=sign,
-                          share_stem=share_stem, share_head=share_head)
+    spec: dict[str, Any] = dict(scope=scope, params=params, seed=seed, sampling=sampling,
+                                sign=sign, share_stem=share_stem, share_head=share_head)
     # recorded only when not the default, so checkpoints and files made before still match
     if offset:
-        model.rpg_spec["offset"] = True
+        spec["offset"] = True
     if k != 1:
-        model.rpg_spec["k"] = k
+        spec["k"] = k
+    # nn.Module.__setattr__ is typed for tensors and modules; a plain attribute is allowed
+    model.rpg_spec = spec  # type: ignore[assignment]
     return model
 
 

@@ -7,9 +7,9 @@ Every job directory under STUDY_DIR (one with a config.yaml, results.json or fai
 gets the same relative directory under DEST holding its results.json, config.yaml,
 metrics.jsonl and failed.txt. Checkpoints stay out, except with --with-last: a finished
 job's last.pt too, for a study too long for one machine's life, so another machine can copy
-DEST back into STUDY_DIR and its resumable sweep skips what is done. Jobs that failed or have not finished are
-mirrored too, so the aggregated summary still names them; a file the job no longer has (a
-failed.txt that a rerun removed) is removed from DEST as well.
+DEST back into STUDY_DIR and its resumable sweep skips what is done. Jobs that failed or
+have not finished are mirrored too, so the aggregated summary still names them; a file the
+job no longer has (a failed.txt that a rerun removed) is removed from DEST as well.
 """
 from __future__ import annotations
 

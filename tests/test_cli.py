@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -302,6 +303,8 @@ def test_the_default_bound_stops_a_run_whose_loss_explodes(tmp_path):
     assert _strict((tmp_path / "results.json").read_text())["status"] == "diverged"
 
 
+# two launcher sweeps (about 25 s); test_faults refuses the same changes in-process
+@pytest.mark.slow
 def test_the_slurm_launchers_own_resume_refuses_changed_settings(tmp_path):
     """Every job of hydra/launcher=slurm resumes by itself (trainer.resume=auto): a sweep run
     again into the same directory with another optim.lr is refused, not silently resumed."""

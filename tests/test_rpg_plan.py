@@ -135,6 +135,7 @@ _FINGERPRINT = ("import torch; from rpg_train.models import create_model; "
                 " seed={seed}); print(tables_fingerprint(m))")
 
 
+@pytest.mark.slow  # fresh interpreters, one per seed (about 25 s)
 def test_tables_are_identical_across_processes_and_depend_on_seed():
     def run(seed):
         return subprocess.run([sys.executable, "-c", _FINGERPRINT.format(seed=seed)],

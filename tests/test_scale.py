@@ -33,6 +33,7 @@ def _run(tmp_path, name, *extra, procs=1):
     return ring, json.loads((out / "results.json").read_text())
 
 
+@pytest.mark.slow  # three training runs, two of them DDP (about 30 s)
 def test_two_processes_one_process_and_accumulation_train_the_same_ring(tmp_path):
     one, r1 = _run(tmp_path, "one", "data.batch_size=16")
     two, r2 = _run(tmp_path, "two", "data.batch_size=8", procs=2)

@@ -46,6 +46,8 @@ def test_a_sweep_with_a_failed_job_runs_the_others_and_exits_1(tmp_path):
     assert (tmp_path / "0" / "failed.txt").is_file()
 
 
+# a launcher sweep (about 12 s)
+@pytest.mark.slow
 def test_a_failed_slurm_job_fails_the_sweep(tmp_path):
     """The job runs in another process (submitit): its marker reaches the launching one."""
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
@@ -66,21 +68,26 @@ def _error_line(proc):
     return lines[0]
 
 
-def test_bad_values_fail_with_one_line_before_training(tmp_path):
-    cases = {
-        "model.name=resnet19": "model.name='resnet19' is not a known model",
-        "rpg.params=0": "rpg.params=0 is out of range",
-        "rpg.params=2.5": "rpg.params=2.5 is neither an integer nor a fraction in (0, 1)",
-        "optim.name=lamb": "optim.name='lamb' is not valid; choose one of: sgd, adamw",
-        "rpg.params=1e9": "rpg.params=1000000000 is out of range",
-        "rpg.prune.amount=1.5": "rpg.prune.amount=1.5 must be in [0, 1)",
-        f"trainer.resume={tmp_path}/none.pt": f"trainer.resume='{tmp_path}/none.pt' does not exist",
-    }
-    for override, message in cases.items():
-        proc = app(*SMALL, override, f"hydra.run.dir={tmp_path}/run")
-        assert proc.returncode == 2, (override, proc.stderr)
-        assert message in _error_line(proc)
-        assert not (tmp_path / "run" / "last.pt").exists()
+BAD_VALUES = {  # override: the line it fails with (exit 2, nothing trained)
+    "rpg.params=2.5": "rpg.params=2.5 is neither an integer nor a fraction in (0, 1)",
+    "trainer.resume={tmp}/none.pt": "trainer.resume='{tmp}/none.pt' does not exist",
+    # the rest, a process each (about 5 s), in the slow suite; test_config checks them in-process
+    "model.name=resnet19": "model.name='resnet19' is not a known model",
+    "rpg.params=0": "rpg.params=0 is out of range",
+    "optim.name=lamb": "optim.name='lamb' is not valid; choose one of: sgd, adamw",
+    "rpg.params=1e9": "rpg.params=1000000000 is out of range",
+    "rpg.prune.amount=1.5": "rpg.prune.amount=1.5 must be in [0, 1)",
+}
+
+
+@pytest.mark.parametrize("override", [*list(BAD_VALUES)[:2], *(
+    pytest.param(k, marks=pytest.mark.slow) for k in list(BAD_VALUES)[2:])])
+def test_bad_values_fail_with_one_line_before_training(tmp_path, override):
+    message = BAD_VALUES[override].format(tmp=tmp_path)
+    proc = app(*SMALL, override.format(tmp=tmp_path), f"hydra.run.dir={tmp_path}/run")
+    assert proc.returncode == 2, (override, proc.stderr)
+    assert message in _error_line(proc)
+    assert not (tmp_path / "run" / "last.pt").exists()
 
 
 HOSTILE = """
@@ -190,6 +197,8 @@ def test_torchrun_ddp_on_two_cpu_processes(tmp_path):
     assert proc.stderr.count(start) + proc.stdout.count(start) == 1
 
 
+# a launcher sweep of two processes (about 12 s)
+@pytest.mark.slow
 def test_slurm_launcher_runs_one_world_in_one_directory(tmp_path):
     """hydra/launcher=slurm_local (the SLURM launcher on submitit's local executor): the job's
     two tasks form one DDP world from submitit's environment, and only rank 0 writes."""

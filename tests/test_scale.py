@@ -84,6 +84,7 @@ def test_recipes_keep_their_lr_at_their_batch(compose_cfg, experiment, batch, lr
     assert applied_lr(cfg.optim, batch) == pytest.approx(lr, rel=1e-12)
 
 
+@pytest.mark.slow  # two processes under torchrun (about 10 s)
 def test_sync_bn_on_cpu_processes_is_refused_in_one_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

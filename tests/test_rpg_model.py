@@ -11,7 +11,7 @@ import torchvision
 
 from rpg_train.models import create_model
 from rpg_train.rpg import apply_rpg, cached, materialize, param_report, rings_of
-from rpg_train.rpg.ring import grad_inverse, grad_serial
+from rpg_train.rpg.ring import _Gather, block_entries, grad_inverse, grad_serial
 
 
 @pytest.mark.parametrize("k", [1, 4])
@@ -71,7 +71,8 @@ def test_ring_gradient_equals_dense_reference(sampling, sign, k):
     atol = 1e-5 * want.abs().max().item()  # float32 sums: errors scale with the largest term
     torch.testing.assert_close(ring.weight.grad, want, rtol=1e-5, atol=atol)
     # the gather backward used off the CPU, run here layer by layer on the same gradients
-    by_gather = sum(grad_inverse(ring.inverse(i), gi.repeat_interleave(k), n, ring.scales[i])
+    by_gather = sum(grad_inverse(ring.inverse(i), ring.layer_index()[i], gi.repeat_interleave(k),
+                                 n, ring.scales[i])
                     for i, gi in enumerate(g.split(ring.sizes)))
     torch.testing.assert_close(by_gather, want, rtol=1e-5, atol=atol)
 
@@ -112,7 +113,25 @@ def test_backward_is_bitwise_deterministic(k):
     g = torch.randn(index.numel())
     assert torch.equal(grad_serial(index, g, n, 1.5), grad_serial(index, g, n, 1.5))
     blocks = ring.inverse(3)
-    assert torch.equal(grad_inverse(blocks, g, n, 1.5), grad_inverse(blocks, g, n, 1.5))
+    assert torch.equal(grad_inverse(blocks, index, g, n, 1.5),
+                       grad_inverse(blocks, index, g, n, 1.5))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_the_gather_backward_through_autograd_matches_the_serial_one(k):
+    """The path used off the CPU (inverse blocks), forced here through the autograd function:
+    the same ring gradient as the CPU's serial scatter-add, up to the order of float sums."""
+    ring = rings_of(apply_rpg(create_model("resnet20", 10), "network", 3000, k=k))[0]
+    i = 5
+    index, shape, scale = ring.layer_index()[i], ring.shapes[i], ring.scales[i]
+    g = torch.randn(shape)
+    grads = []
+    for blocks in (None, ring.inverse(i)):
+        w = ring.weight.detach().clone().requires_grad_()
+        (_Gather.apply(w, index, scale, shape, blocks, None) * g).sum().backward()
+        grads.append(w.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=1e-6)
+    assert grads[0].abs().sum() > 0
 
 
 def test_cached_reuses_weights_until_the_ring_changes_and_only_inside():
@@ -238,17 +257,19 @@ def test_the_whole_model_pickles_and_round_trips():
 def test_inverse_blocks_list_every_position_once_without_padding(sampling, k):
     model = apply_rpg(create_model("resnet20", 10), "network", 1000, sampling=sampling, k=k)
     ring = rings_of(model)[0]
-    n, extra = ring.weight.numel(), 0
+    n = ring.weight.numel()
     for i, index in enumerate(ring.layer_index()):
         m, blocks = index.numel(), ring.inverse(i)
-        ids = torch.cat([b[0] for b in blocks])
+        ids = torch.cat([block_entries(index, b, n) for b in blocks])
         assert ids.unique().numel() == ids.numel()  # every entry in one block, once
-        codes = torch.cat([b[1].flatten() for b in blocks]).long()
+        codes = torch.cat([b.flatten() for b in blocks]).long()
         assert codes.numel() == m  # no padding
         assert torch.equal(codes.remainder(m).sort().values, torch.arange(m))
         # the code decodes back to the forward table: entry and sign of every position
-        rows = torch.cat([b[0].repeat_interleave(b[1].shape[1]) for b in blocks])
+        rows = torch.cat([block_entries(index, b, n).repeat_interleave(b.shape[1])
+                          for b in blocks])
         decoded = rows + n * (codes >= m).long()
         assert torch.equal(decoded[codes.remainder(m).argsort()], index.long())
-        extra += sum(t.numel() * t.element_size() for b in blocks for t in b)
-    assert ring.table_bytes() == 4 * k * ring.generated + extra  # k tables, no more
+        assert all(b.dtype == torch.int32 for b in blocks)
+    # k tables and the codes (one per slot), nothing else: 8 bytes per slot
+    assert ring.table_bytes() == 8 * k * ring.generated

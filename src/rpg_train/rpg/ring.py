@@ -14,7 +14,8 @@ never trained or saved; one float per generated weight) is added to every genera
 Backward, deterministic by construction: on the CPU `index_add_` of the signed, scaled
 gradients runs serially into one ring-sized float32 accumulator; on other devices (where it
 would use atomics) a per-layer inverse table, built once from the forward table, turns the
-scatter-add into a gather plus a fixed-order sum.
+scatter-add into a gather plus a fixed-order sum (4 more bytes per generated weight: 8 in
+all for k = 1).
 The autograd graph holds only tensors and numbers, never the module, so a dropped model is
 freed at once.
 """
@@ -31,12 +32,14 @@ from .plan import draw_index
 THETA0_SALT = 0x0FF5E7_7E7A0  # theta0's seed: the table seed XOR this, a stream of its own
 
 
-def inverse_blocks(index: torch.Tensor, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def inverse_blocks(index: torch.Tensor, n: int) -> list[torch.Tensor]:
     """The inverse of one layer's forward table: for every ring entry the layer uses, the
     positions it feeds, coded `pos` (+) or `M + pos` (-), M the layer's size.
 
     Entries are grouped by how often the layer uses them, so each group is an exact
-    (entries, uses) block with no padding: [(entry ids, codes of shape (len(ids), uses))].
+    (entries, uses) block of codes with no padding. The entry ids are not kept (they would
+    add up to 8 bytes per generated weight): a row's entry is the forward table's entry at
+    its first position, read again in the backward (`block_entries`).
     """
     m = index.numel()
     entry = (index % n).long()
@@ -49,8 +52,15 @@ def inverse_blocks(index: torch.Tensor, n: int) -> list[tuple[torch.Tensor, torc
     for uses in torch.unique(counts[counts > 0]).tolist():
         ids = torch.nonzero(counts == uses).flatten()
         pick = starts[ids, None] + torch.arange(uses, device=index.device)
-        blocks.append((ids, code[pick].to(dtype)))
+        blocks.append(code[pick].to(dtype))
     return blocks
+
+
+def block_entries(index: torch.Tensor, codes: torch.Tensor, n: int) -> torch.Tensor:
+    """The ring entry of each row of an inverse block: the table's entry at the row's first
+    position (int64, made when needed, not kept)."""
+    first = codes[:, 0].long().remainder_(index.numel())
+    return index.index_select(0, first).long().remainder_(n)
 
 
 def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -75,13 +85,15 @@ def grad_serial(index: torch.Tensor, g: torch.Tensor, n: int, scale: float) -> t
     return acc.index_add_(0, entry, g.reshape(-1).to(dtype) * multiplier)  # g is not ours
 
 
-def grad_inverse(blocks, g: torch.Tensor, n: int, scale: float) -> torch.Tensor:
+def grad_inverse(blocks, index: torch.Tensor, g: torch.Tensor, n: int,
+                 scale: float) -> torch.Tensor:
     """One layer's ring gradient by gather and fixed-order sum: deterministic without atomics."""
     flat = g.reshape(-1).to(_accumulator_dtype(g.dtype))
     ext = torch.cat([flat, -flat]) * scale
     out = ext.new_zeros(n)
-    for ids, codes in blocks:  # every entry id appears in one block once: no write races
-        out.index_copy_(0, ids, ext.index_select(0, codes.view(-1)).view(codes.shape).sum(1))
+    for codes in blocks:  # every entry appears in one block once: no write races
+        sums = ext.index_select(0, codes.view(-1)).view(codes.shape).sum(1)
+        out.index_copy_(0, block_entries(index, codes, n), sums)
     return out
 
 
@@ -113,7 +125,7 @@ class _Gather(torch.autograd.Function):
         if ctx.blocks is None:
             grad = grad_serial(index, g, ctx.n, ctx.scale)
         else:
-            grad = grad_inverse(ctx.blocks, g, ctx.n, ctx.scale)
+            grad = grad_inverse(ctx.blocks, index, g, ctx.n, ctx.scale)
         return grad.to(g.dtype), None, None, None, None, None
 
 
@@ -146,7 +158,7 @@ class Ring(nn.Module):
         # derived from the recipe
         self._index: torch.Tensor | None = None
         self._slices: list[torch.Tensor] | None = None
-        self._inverse: list[list[tuple[torch.Tensor, torch.Tensor]] | None] | None = None
+        self._inverse: list[list[torch.Tensor] | None] | None = None
         self._caching = 0
         self._cache: dict[int, tuple[tuple, torch.Tensor]] = {}
         # the keep mask (1 kept, 0 pruned; ring dtype), set by set_keep_mask only: applied in
@@ -249,7 +261,7 @@ class Ring(nn.Module):
         """Memory the generator keeps besides the ring itself (tables, theta0)."""
         tensors = [t for t in (self._index, getattr(self, "_theta0", None)) if t is not None]
         for blocks in self._inverse or []:
-            tensors += [t for pair in blocks or [] for t in pair]
+            tensors += list(blocks or [])
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def generate(self, position: int) -> torch.Tensor:

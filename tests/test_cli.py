@@ -276,6 +276,27 @@ def test_srun_tasks_take_the_master_from_the_node_list_as_submitit_does(monkeypa
     assert slurm_world()["MASTER_PORT"] == "29511"
 
 
+def test_a_cuda_device_is_refused_in_one_line_when_it_is_not_there(monkeypatch):
+    """Checked where the run starts (a launching node may have no GPU): no CUDA at all, or an
+    index past the devices this process sees."""
+    from rpg_train.engine.distributed import resolve_device
+    from rpg_train.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=r"^trainer.device='cuda:0' but CUDA is not available; "
+                                        r"use cpu or auto$"):
+        resolve_device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(UserError) as info:
+        resolve_device("cuda:2")
+    assert str(info.value) == ("trainer.device='cuda:2' but this process sees 2 CUDA device(s) "
+                               "(cuda:0 to cuda:1); use cuda or auto")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
 def _strict(text):
     """json.loads that refuses the bare NaN / Infinity Python's json writes by default."""
     def refuse(name):

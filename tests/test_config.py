@@ -293,6 +293,8 @@ def test_numeric_values_are_finite_and_in_range(compose_cfg, override, message):
 @pytest.mark.parametrize("overrides,message", [
     (["optim.nesterov=true", "optim.momentum=0"],
      "optim.nesterov=True needs optim.momentum above 0 (it is a kind of momentum)"),
+    (["optim=adamw", "optim.nesterov=true"], "optim.nesterov=True is for optim=sgd only "
+                                             "(optim.name=adamw; AdamW's momentum is optim.betas)"),
     (["trainer.device=mps"], "trainer.device='mps' is not available here (this torch has no "
                              "MPS backend or no Apple GPU); use auto or cpu"),
     (["model.num_classes=9"], "model.num_classes=9 is below the 10 classes of "

@@ -136,8 +136,8 @@ class OptimConfig:
     # the same training on 1 or 64 GPUs; lr_batch null applies lr as it is
     lr: float = within(0.2, "(0, inf)")
     lr_batch: int | None = within(256, "[1, inf)")
-    momentum: float = within(0.9, "[0, 1)")
-    nesterov: bool = False
+    momentum: float = within(0.9, "[0, 1)")  # SGD's (AdamW's is betas[0])
+    nesterov: bool = False  # SGD's
     betas: list[float] = within([0.9, 0.999], "[0, 1)", length=2)  # AdamW's
     weight_decay: float = within(5e-4, "[0, inf)")  # rings included, on purpose
     wd_norm: bool = False  # also decay norm parameters and biases
@@ -312,6 +312,9 @@ def check_combinations(cfg) -> None:
     if (cfg.data.mixup or cfg.data.cutmix) and cfg.data.batch_size % 2:
         raise UserError("data.batch_size", cfg.data.batch_size, "must be even with "
                         "data.mixup or data.cutmix (timm's Mixup pairs the batch with itself)")
+    if cfg.optim.nesterov and cfg.optim.name != "sgd":
+        raise UserError("optim.nesterov", True, f"is for optim=sgd only (optim.name="
+                        f"{cfg.optim.name}; AdamW's momentum is optim.betas)")
     if cfg.optim.nesterov and cfg.optim.momentum == 0:
         raise UserError("optim.nesterov", True, "needs optim.momentum above 0 (it is a kind "
                         "of momentum)")

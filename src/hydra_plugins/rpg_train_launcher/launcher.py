@@ -54,7 +54,7 @@ def _resume(overrides: list[str]) -> list[str]:
     return auto_resume([o for o in overrides if not _sets_resume(o)])
 
 
-def _mixin(base):
+def _mixin(base: Any):  # a launcher class known at run time
     class RunLauncher(base):
         def __call__(self, sweep_overrides: list[str], *args: Any, **kwargs: Any):
             sweep_overrides = auto_resume(sweep_overrides)

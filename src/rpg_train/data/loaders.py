@@ -128,7 +128,7 @@ class DeviceLoader(_EpochLoaderBase):
                 x = random_crop_flip(x, self.pad, self.flip, gen)
             if i < self.start_batch:
                 continue
-            if self.mean is not None:
+            if self.mean is not None and self.std is not None:  # both set, or neither
                 x = normalize(x, self.mean, self.std)
             yield x, y
 

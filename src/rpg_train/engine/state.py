@@ -136,7 +136,9 @@ class Run:
     last_save: float = field(init=False)  # monotonic time of the last checkpoint
 
     def __post_init__(self):
-        self.resolved = OmegaConf.to_container(self.cfg, resolve=True)
+        resolved = OmegaConf.to_container(self.cfg, resolve=True)
+        assert isinstance(resolved, dict)  # a DictConfig resolves to a dict
+        self.resolved = resolved
         t = self.cfg.trainer
         self.guard = LossGuard(t.nan_policy, t.max_loss, t.nan_check_every, self.device,
                                t.max_loss_factor, self.spec["num_classes"])

@@ -57,6 +57,10 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
+    layer1: nn.Sequential  # set with setattr in __init__
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+
     def __init__(self, depth: int, num_classes: int = 10, in_chans: int = 3, base_width: int = 16,
                  shortcut: str = "A", norm: str = "batch"):
         super().__init__()

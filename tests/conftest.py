@@ -41,6 +41,18 @@ def quick_cfg(tmp_path):
     return make
 
 
+def stage_rings_resnet20(params=20000):
+    """A seeded RPG ResNet-20 (32 px stem) with one ring per stage: the quantization and
+    pruning tests' model."""
+    import torch
+
+    from rpg_train.models import create_model
+    from rpg_train.rpg import apply_rpg
+
+    torch.manual_seed(0)
+    return apply_rpg(create_model("resnet20", 10, small_input=True), "stage", params, seed=0)
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now, for a process group of spawned test processes."""
     import socket

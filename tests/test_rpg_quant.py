@@ -4,10 +4,9 @@ test_rpg_sparsity.py."""
 import pytest
 import torch
 
+from conftest import stage_rings_resnet20
 from rpg_train.errors import UserError
-from rpg_train.models import create_model
 from rpg_train.rpg import (
-    apply_rpg,
     load_compact,
     prune_ring,
     quantize_ring,
@@ -17,14 +16,9 @@ from rpg_train.rpg import (
 )
 
 
-def _model(params=20000):
-    torch.manual_seed(0)
-    return apply_rpg(create_model("resnet20", 10, small_input=True), "stage", params, seed=0)
-
-
 @pytest.mark.parametrize("bits,block", [(8, None), (8, 256), (4, None), (4, 100)])
 def test_every_entry_moves_at_most_half_a_step(bits, block):
-    model = _model()
+    model = stage_rings_resnet20()
     before = [r.weight.detach().clone() for r in rings_of(model)]
     codes = quantize_ring(model, bits=bits, block=block)
     assert len(codes) == len(before) == 3  # stage scope: one ring per stage
@@ -39,7 +33,7 @@ def test_every_entry_moves_at_most_half_a_step(bits, block):
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_compact_file_holds_the_codes_and_loads_the_same_model(tmp_path, bits):
-    model = _model()
+    model = stage_rings_resnet20()
     save_compact(model, tmp_path / "float.st")
     quantize_ring(model, bits=bits, block=512)
     save_compact(model, tmp_path / "q.st")
@@ -57,7 +51,7 @@ def test_compact_file_holds_the_codes_and_loads_the_same_model(tmp_path, bits):
 
 
 def test_a_ring_trained_after_quantizing_is_saved_as_floats(tmp_path):
-    model = _model()
+    model = stage_rings_resnet20()
     quantize_ring(model, bits=4)
     with torch.no_grad():
         rings_of(model)[0].weight.add_(1e-3)
@@ -70,13 +64,13 @@ def test_a_ring_trained_after_quantizing_is_saved_as_floats(tmp_path):
                                         ({"block": 0}, "block=0 must be at least 1")])
 def test_bad_settings(kw, message):
     with pytest.raises(UserError, match=message):
-        quantize_ring(_model(), **kw)
+        quantize_ring(stage_rings_resnet20(), **kw)
 
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_pruned_then_quantized_stores_codes_of_the_kept_entries_only(tmp_path, bits):
 
-    model = _model()
+    model = stage_rings_resnet20()
     prune_ring(model, 0.8)
     save_compact(model, tmp_path / "pruned.st")
     before = [r.weight.detach().clone() for r in rings_of(model)]

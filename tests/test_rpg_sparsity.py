@@ -4,11 +4,10 @@ ring as a bitmask and its kept entries."""
 import pytest
 import torch
 
+from conftest import stage_rings_resnet20
 from rpg_train.engine.optim import param_groups
 from rpg_train.errors import UserError
-from rpg_train.models import create_model
 from rpg_train.rpg import (
-    apply_rpg,
     load_compact,
     prune_ring,
     ring_masks,
@@ -19,14 +18,9 @@ from rpg_train.rpg import (
 from rpg_train.rpg.sparsity import pack_bits, unpack_bits
 
 
-def _model(params=20000):
-    torch.manual_seed(0)
-    return apply_rpg(create_model("resnet20", 10, small_input=True), "stage", params, seed=0)
-
-
 @pytest.mark.parametrize("amount", [0.5, 0.8])
 def test_pruning_removes_the_fraction_and_it_stays_pruned_while_fine_tuning(amount):
-    model = _model()
+    model = stage_rings_resnet20()
     total = sum(r.weight.numel() for r in rings_of(model))
     mags = torch.cat([r.weight.detach().abs() for r in rings_of(model)])
     k = prune_ring(model, amount)
@@ -46,11 +40,11 @@ def test_pruning_removes_the_fraction_and_it_stays_pruned_while_fine_tuning(amou
 
 def test_prune_amount_is_checked():
     with pytest.raises(UserError, match=r"amount=1.0 must be in \[0, 1\)"):
-        prune_ring(_model(), 1.0)
+        prune_ring(stage_rings_resnet20(), 1.0)
 
 
 def test_a_pruned_ring_is_stored_sparse_and_loads_pruned(tmp_path):
-    model = _model()
+    model = stage_rings_resnet20()
     save_compact(model, tmp_path / "float.st")
     prune_ring(model, 0.8)
     save_compact(model, tmp_path / "pruned.st")
@@ -80,7 +74,7 @@ def test_a_pruned_ring_stays_pruned_through_deepcopy_pickle_and_training():
     import copy
     import io
 
-    model = _model()
+    model = stage_rings_resnet20()
     prune_ring(model, 0.5)
     twin = copy.deepcopy(model)
     buf = io.BytesIO()
@@ -101,7 +95,7 @@ def test_a_pruned_ring_stays_pruned_through_deepcopy_pickle_and_training():
 
 
 def test_a_masked_entry_generates_zero_whatever_it_holds(tmp_path):
-    model = _model()
+    model = stage_rings_resnet20()
     prune_ring(model, 0.5)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -117,7 +111,7 @@ def test_a_masked_entry_generates_zero_whatever_it_holds(tmp_path):
 
 
 def test_a_ring_owns_its_mask_and_none_unprunes():
-    model = _model()
+    model = stage_rings_resnet20()
     ring = rings_of(model)[0]
     keep = torch.arange(ring.weight.numel()) % 3 != 0
     before = ring.weight.detach().clone()

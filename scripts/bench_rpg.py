@@ -16,7 +16,8 @@ Images under 64 px get the CIFAR stem and 10 classes, larger ones the ImageNet s
 (the case name says which; --stem picks one). --params takes a list: one row per ring size.
 --amp bf16 runs every step under autocast, --channels-last converts models and batch.
 table_bytes_per_generated_weight_with_inverse: the same once every layer's inverse blocks (the
-CUDA backward's) exist, on any device. *_ratio_range: the smallest and largest pair ratio.
+CUDA backward's) exist, on any device. *_ratio_range: the smallest and largest pair ratio;
+*_ratio_ci95: a distribution-free 95 % interval of the median ratio (6 pairs or more).
 peak_mem_ratio (CUDA): peak allocated memory of one training step, RPG over plain.
 --profile adds profile_rpg_train_step: torch.profiler's table of one RPG training step.
 leak_mib_20_cycles: growth of the process's resident memory over 20 cycles of building a
@@ -29,6 +30,7 @@ import contextlib
 import functools
 import gc
 import json
+import math
 import os
 import statistics
 import time
@@ -167,6 +169,22 @@ def _pairs(mode, make, plain, rpg, steps, device, out):
     ratios = [r / p for r, p in zip(times["rpg"], times["plain"])]
     out[f"{mode}_ratio"] = round(statistics.median(ratios), 4)
     out[f"{mode}_ratio_range"] = [round(min(ratios), 4), round(max(ratios), 4)]
+    ci = median_ci(ratios)
+    if ci is not None:
+        out[f"{mode}_ratio_ci95"] = [round(ci[0], 4), round(ci[1], 4)]
+
+
+def median_ci(values, level=0.95):
+    """A distribution-free interval for the median (the binomial order-statistic one): the
+    k-th smallest and k-th largest value, k as large as the coverage allows. None when there
+    are too few values for `level` (fewer than 6 at 95 %)."""
+    xs, n = sorted(values), len(values)
+    tail = (1 - level) / 2
+    below, k = 0.0, 0  # below: P(Binomial(n, 1/2) <= k - 1)
+    while below + math.comb(n, k) / 2**n <= tail:
+        below += math.comb(n, k) / 2**n
+        k += 1
+    return None if k == 0 else (xs[k - 1], xs[n - k])
 
 
 def bench_generate(device, params, steps):

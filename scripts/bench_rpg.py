@@ -177,7 +177,10 @@ def _pairs(mode, make, plain, rpg, steps, device, out):
 def median_ci(values, level=0.95):
     """A distribution-free interval for the median (the binomial order-statistic one): the
     k-th smallest and k-th largest value, k as large as the coverage allows. None when there
-    are too few values for `level` (fewer than 6 at 95 %)."""
+    are too few values for `level` (fewer than 6 at 95 %). It takes the pair ratios as
+    independent draws, which the ABBA order only roughly makes them."""
+    if not 0 < level < 1:
+        raise ValueError(f"level={level} is not in (0, 1)")
     xs, n = sorted(values), len(values)
     tail = (1 - level) / 2
     below, k = 0.0, 0  # below: P(Binomial(n, 1/2) <= k - 1)

@@ -270,8 +270,9 @@ def report(c: Check, p: dict, tests, rpg_rows, train_row, runs) -> str:
                       r["profile_rpg_train_step"].rstrip(), "```"]
     if any(what.startswith("generator") and v.startswith("MISSED") for what, _, _, v in t):
         lines += ["", "Generator bytes: 4 per weight are the forward table (int32); the "
-                  "inverse tables add 4 per weight (int32 codes, int64 in a layer of 2^30 "
-                  "weights or more); rpg.k multiplies both, rpg.offset's theta0 adds 4."]
+                  "inverse tables add 4 per weight (int32 codes; int64, 8 bytes, once a "
+                  "layer has 2^30 table slots); rpg.k multiplies both, rpg.offset's theta0 "
+                  "adds one ring-dtype number per weight."]
     lines += ["", "## Commands", "", "```", *c.commands, "```"]
     if c.notes:
         lines += ["", "## Notes", "", *(f"- {n}" for n in c.notes)]

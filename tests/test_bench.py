@@ -43,3 +43,5 @@ def test_the_median_interval_is_the_binomial_order_statistics():
     # n = 31: P(B <= 9) = 1.47 % <= 2.5 % < P(B <= 10) = 3.54 %: the 10th and 22nd values
     assert median_ci([float(v) for v in range(31, 0, -1)]) == (10.0, 22.0)
     assert median_ci(list(range(31)), level=0.5) == (13, 17)  # P(B <= 13) = 23.7 % <= 25 %
+    with pytest.raises(ValueError, match=r"^level=1.5 is not in \(0, 1\)$"):
+        median_ci(six, level=1.5)

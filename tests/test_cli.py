@@ -295,6 +295,8 @@ def test_a_cuda_device_is_refused_in_one_line_when_it_is_not_there(monkeypatch):
     assert str(info.value) == ("trainer.device='cuda:2' but this process sees 2 CUDA device(s) "
                                "(cuda:0 to cuda:1); use cuda or auto")
     assert resolve_device("cpu") == torch.device("cpu")
+    # one of several processes takes its LOCAL_RANK's GPU whatever the index (setup)
+    assert resolve_device("cuda:2", one_process=False) == torch.device("cuda", 2)
 
 
 def _strict(text):

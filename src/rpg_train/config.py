@@ -313,8 +313,9 @@ def check_combinations(cfg) -> None:
         raise UserError("data.batch_size", cfg.data.batch_size, "must be even with "
                         "data.mixup or data.cutmix (timm's Mixup pairs the batch with itself)")
     if cfg.optim.nesterov and cfg.optim.name != "sgd":
+        betas = "; AdamW's momentum is optim.betas" if cfg.optim.name == "adamw" else ""
         raise UserError("optim.nesterov", True, f"is for optim=sgd only (optim.name="
-                        f"{cfg.optim.name}; AdamW's momentum is optim.betas)")
+                        f"{cfg.optim.name}{betas})")
     if cfg.optim.nesterov and cfg.optim.momentum == 0:
         raise UserError("optim.nesterov", True, "needs optim.momentum above 0 (it is a kind "
                         "of momentum)")

@@ -26,13 +26,15 @@ class Dist:
         return self.rank == 0
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, one_process: bool = True) -> torch.device:
+    """trainer.device as a torch.device, refused in one line where it is not there. Several
+    processes each take their LOCAL_RANK's GPU (setup), so an index is checked only for one."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("trainer.device", name, "but CUDA is not available; use cpu or auto")
-    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    count = torch.cuda.device_count() if device.type == "cuda" and one_process else 0
     if device.index is not None and device.index >= count > 0:
         raise UserError("trainer.device", name, f"but this process sees {count} CUDA "
                         f"device(s) (cuda:0 to cuda:{count - 1}); use cuda or auto")
@@ -85,9 +87,9 @@ def setup(device_name: str, timeout_s: float = 600) -> Dist:
     join the process group: NCCL on GPUs, gloo on CPUs; each process takes the GPU of its
     LOCAL_RANK. A collective that waits longer than `timeout_s` (a rank died) fails instead
     of hanging."""
-    device = resolve_device(device_name)
     os.environ.update(slurm_world() or {})
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name, one_process=world == 1)
     if world == 1:
         return Dist(device=device)
     rank, local = env_rank(), int(os.environ.get("LOCAL_RANK", "0"))

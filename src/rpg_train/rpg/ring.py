@@ -34,7 +34,8 @@ THETA0_SALT = 0x0FF5E7_7E7A0  # theta0's seed: the table seed XOR this, a stream
 
 def inverse_blocks(index: torch.Tensor, n: int) -> list[torch.Tensor]:
     """The inverse of one layer's forward table: for every ring entry the layer uses, the
-    positions it feeds, coded `pos` (+) or `M + pos` (-), M the layer's size.
+    positions it feeds, coded `pos` (+) or `M + pos` (-), M the layer's table slots (k per
+    weight).
 
     Entries are grouped by how often the layer uses them, so each group is an exact
     (entries, uses) block of codes with no padding. The entry ids are not kept (they would

@@ -34,10 +34,11 @@ def resolve_device(name: str, one_process: bool = True) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("trainer.device", name, "but CUDA is not available; use cpu or auto")
-    count = torch.cuda.device_count() if device.type == "cuda" and one_process else 0
-    if device.index is not None and device.index >= count > 0:
-        raise UserError("trainer.device", name, f"but this process sees {count} CUDA "
-                        f"device(s) (cuda:0 to cuda:{count - 1}); use cuda or auto")
+    if one_process and device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise UserError("trainer.device", name, f"but this process sees {count} CUDA "
+                            f"device(s) (cuda:0 to cuda:{count - 1}); use cuda or auto")
     return device
 
 
